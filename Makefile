@@ -1,0 +1,34 @@
+# One command each, on a fresh machine: every target creates .venv and fetches data when missing.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+DATA_TEST := minilm sentiment stsb wikitext2
+
+.PHONY: test test-slow experiment bench data clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+data: $(STAMP)
+	$(PY) -m minitransformers fetch $(DATA_TEST)
+
+test: $(STAMP)
+	$(PY) -m minitransformers fetch $(DATA_TEST)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m minitransformers fetch $(DATA_TEST)
+	$(PY) -m pytest -q -m slow
+
+experiment: $(STAMP)
+	$(PY) -m minitransformers fetch $(DATA_TEST)
+	$(PY) experiments/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache runs
+	find data -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

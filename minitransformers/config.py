@@ -1,0 +1,93 @@
+"""EncoderConfig: the hyperparameters of a BERT-family encoder, and their HF `config.json` form.
+
+The fields follow Devlin et al. 2019, "BERT: Pre-training of Deep Bidirectional Transformers for Language
+Understanding" (Table/section 3: L layers, hidden size H, A heads, FFN size 4H). Field names are ours;
+`from_hf` / `to_hf` translate to and from the keys that `transformers.BertConfig` writes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+# HF activation names -> the GELU variant they denote. "gelu" is the exact erf form; "gelu_new" and
+# "gelu_pytorch_tanh" are the tanh approximation of Hendrycks & Gimpel 2016, eq. in section 2.
+GELU_APPROXIMATION = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
+
+# Our field name -> the HF BertConfig key.
+_HF_KEYS = {
+    "vocab_size": "vocab_size",
+    "hidden_size": "hidden_size",
+    "num_layers": "num_hidden_layers",
+    "num_heads": "num_attention_heads",
+    "intermediate_size": "intermediate_size",
+    "max_position_embeddings": "max_position_embeddings",
+    "type_vocab_size": "type_vocab_size",
+    "hidden_dropout": "hidden_dropout_prob",
+    "attention_dropout": "attention_probs_dropout_prob",
+    "layer_norm_eps": "layer_norm_eps",
+    "hidden_act": "hidden_act",
+    "pad_token_id": "pad_token_id",
+}
+
+
+@dataclass
+class EncoderConfig:
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    layer_norm_eps: float = 1e-12
+    hidden_act: str = "gelu"  # an HF name: "gelu" (exact) or "gelu_new" / "gelu_pytorch_tanh" (tanh)
+    pad_token_id: int = 0
+    attn_impl: str = "sdpa"  # "sdpa" (fast, F.scaled_dot_product_attention) or "eager" (explicit softmax)
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}; "
+                "each head gets hidden_size / num_heads dimensions"
+            )
+        if self.hidden_act not in GELU_APPROXIMATION:
+            raise ValueError(f"hidden_act {self.hidden_act!r} is not supported; use one of {sorted(GELU_APPROXIMATION)}")
+        if self.attn_impl not in ("sdpa", "eager"):
+            raise ValueError(f"attn_impl {self.attn_impl!r} is not supported; use 'sdpa' or 'eager'")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @classmethod
+    def from_hf(cls, hf: dict, **overrides) -> EncoderConfig:
+        """Build from an HF BERT config dict. Fails on position embeddings other than learned absolute."""
+        kind = hf.get("position_embedding_type", "absolute")
+        if kind != "absolute":
+            raise ValueError(f"position_embedding_type {kind!r} is not supported; only 'absolute' (BERT's) is")
+        missing = [hf_key for hf_key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads") if hf_key not in hf]
+        if missing:
+            raise ValueError(f"HF config lacks {missing}; is this a BERT config.json?")
+        kwargs = {ours: hf[theirs] for ours, theirs in _HF_KEYS.items() if theirs in hf and hf[theirs] is not None}
+        return cls(**{**kwargs, **overrides})
+
+    def to_hf(self) -> dict:
+        """The dict `transformers.BertConfig` reads (model_type "bert")."""
+        hf = {theirs: getattr(self, ours) for ours, theirs in _HF_KEYS.items()}
+        return {"architectures": ["BertModel"], "model_type": "bert", "position_embedding_type": "absolute", **hf}
+
+    @classmethod
+    def from_json(cls, path: str | Path, **overrides) -> EncoderConfig:
+        path = Path(path)
+        try:
+            hf = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path}: cannot read an HF config.json ({err})") from err
+        return cls.from_hf(hf, **overrides)
+
+    def to_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_hf(), indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,1 @@
+"""Reading and writing weights: safetensors from scratch, and HF checkpoint folders."""

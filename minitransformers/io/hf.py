@@ -1,0 +1,107 @@
+"""HF BERT checkpoints: one explicit weight map between our parameter names and `transformers`' names.
+
+A folder as `BertModel.save_pretrained` writes it holds `config.json` and `model.safetensors` (or the older
+`pytorch_model.bin`). Its keys carry a `bert.` prefix when they come from a model with a head
+(BertForSequenceClassification, BertForMaskedLM) and none when they come from a bare BertModel; both load.
+Loading is strict: any missing, unexpected or mis-shaped key fails with the list, never a partial load.
+
+    ours                              transformers
+    embeddings.word.weight            embeddings.word_embeddings.weight
+    layers.{i}.attention.query.*      encoder.layer.{i}.attention.self.query.*
+    layers.{i}.attention.out.*        encoder.layer.{i}.attention.output.dense.*
+    layers.{i}.attention_norm.*       encoder.layer.{i}.attention.output.LayerNorm.*
+    layers.{i}.ffn.up.* / ffn.down.*  encoder.layer.{i}.intermediate.dense.* / output.dense.*
+    layers.{i}.ffn_norm.*             encoder.layer.{i}.output.LayerNorm.*
+    pooler.dense.*                    pooler.dense.*
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .safetensors import load_file, save_file
+
+# Buffers that older checkpoints saved alongside the weights; they hold no learned values.
+IGNORED_KEYS = {"embeddings.position_ids"}
+
+_EMBEDDINGS = {"word": "word_embeddings", "position": "position_embeddings", "token_type": "token_type_embeddings", "norm": "LayerNorm"}
+_LAYER = {
+    "attention.query": "attention.self.query",
+    "attention.key": "attention.self.key",
+    "attention.value": "attention.self.value",
+    "attention.out": "attention.output.dense",
+    "attention_norm": "attention.output.LayerNorm",
+    "ffn.up": "intermediate.dense",
+    "ffn.down": "output.dense",
+    "ffn_norm": "output.LayerNorm",
+}
+
+
+def weight_map(num_layers: int, pooler: bool) -> dict[str, str]:
+    """Our parameter name -> the HF BertModel parameter name (no `bert.` prefix)."""
+    modules = {f"embeddings.{ours}": f"embeddings.{theirs}" for ours, theirs in _EMBEDDINGS.items()}
+    for i in range(num_layers):
+        modules.update({f"layers.{i}.{ours}": f"encoder.layer.{i}.{theirs}" for ours, theirs in _LAYER.items()})
+    if pooler:
+        modules["pooler.dense"] = "pooler.dense"
+    tables = {f"embeddings.{ours}" for ours in ("word", "position", "token_type")}  # no bias
+    return {
+        f"{ours}.{p}": f"{theirs}.{p}"
+        for ours, theirs in modules.items()
+        for p in (("weight",) if ours in tables else ("weight", "bias"))
+    }
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict of an HF folder: model.safetensors, else pytorch_model.bin (tensors only)."""
+    path = Path(path)
+    if (path / "model.safetensors").is_file():
+        return load_file(path / "model.safetensors")
+    if (path / "pytorch_model.bin").is_file():
+        # weights_only=True: unpickling only tensors and plain containers, never arbitrary code.
+        return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    found = sorted(p.name for p in path.iterdir()) if path.is_dir() else "no such folder"
+    raise FileNotFoundError(f"{path}: no model.safetensors or pytorch_model.bin (found: {found}); is this an HF model folder?")
+
+
+def strip_prefix(state: dict[str, torch.Tensor], prefix: str = "bert.") -> dict[str, torch.Tensor]:
+    return {k.removeprefix(prefix): v for k, v in state.items()}
+
+
+def has_pooler(hf_state: dict[str, torch.Tensor]) -> bool:
+    return "pooler.dense.weight" in strip_prefix(hf_state)
+
+
+def to_ours(hf_state: dict, num_layers: int, expected: dict[str, torch.Tensor], path) -> dict[str, torch.Tensor]:
+    """Rename an HF state dict to ours, checking it against `expected` (our model's state dict)."""
+    hf_state = {k: v for k, v in strip_prefix(hf_state).items() if k not in IGNORED_KEYS}
+    names = weight_map(num_layers, pooler="pooler.dense" in {k.rsplit(".", 1)[0] for k in expected})
+    missing = sorted(theirs for theirs in names.values() if theirs not in hf_state)
+    unexpected = sorted(set(hf_state) - set(names.values()))
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: checkpoint does not match a {num_layers}-layer BERT encoder; "
+            f"missing keys {missing}, unexpected keys {unexpected}; is this a BERT checkpoint with this config.json?"
+        )
+    ours = {o: hf_state[t] for o, t in names.items()}
+    wrong = [f"{t}: checkpoint {tuple(hf_state[t].shape)}, model {tuple(expected[o].shape)}" for o, t in names.items() if hf_state[t].shape != expected[o].shape]
+    if wrong:
+        raise ValueError(f"{path}: mis-shaped keys {wrong}; does config.json match the weights?")
+    return ours
+
+
+def to_hf(state: dict[str, torch.Tensor], num_layers: int) -> dict[str, torch.Tensor]:
+    """Rename our state dict to HF BertModel names."""
+    names = weight_map(num_layers, pooler="pooler.dense.weight" in state)
+    return {names[k]: v for k, v in state.items()}
+
+
+def save(path: str | Path, config: dict, hf_state: dict[str, torch.Tensor]) -> None:
+    """Write an HF model folder: config.json and model.safetensors."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    save_file({k: v.detach().contiguous() for k, v in hf_state.items()}, path / "model.safetensors", metadata={"format": "pt"})

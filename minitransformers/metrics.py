@@ -1,0 +1,36 @@
+"""Evaluation metrics, in numpy.
+
+Spearman's rank correlation (Spearman 1904) is Pearson's correlation of the ranks, with tied values given
+the mean of the ranks they span:
+
+    ρ = cov(rank(x), rank(y)) / (σ_rank(x) σ_rank(y))
+
+It is the STS benchmark's metric (Cer et al. 2017, section 4; Reimers & Gurevych 2019, section 4.1).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def rankdata(x) -> np.ndarray:
+    """1-based ranks; ties get the average of the ranks they occupy."""
+    x = np.asarray(x, dtype=np.float64)
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x), dtype=np.float64)
+    ranks[order] = np.arange(1, len(x) + 1)
+    _, group, counts = np.unique(x, return_inverse=True, return_counts=True)
+    sums = np.bincount(group, weights=ranks)  # sum of the ranks inside each group of equal values
+    return (sums / counts)[group]
+
+
+def pearson(x, y) -> float:
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    x, y = x - x.mean(), y - y.mean()
+    return float((x * y).sum() / np.sqrt((x * x).sum() * (y * y).sum()))
+
+
+def spearman(x, y) -> float:
+    if len(x) != len(y) or len(x) < 2:
+        raise ValueError(f"spearman needs two sequences of equal length >= 2, got {len(x)} and {len(y)}")
+    return pearson(rankdata(x), rankdata(y))

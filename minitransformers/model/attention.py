@@ -1,0 +1,70 @@
+"""Multi-head self-attention, Vaswani et al. 2017, "Attention Is All You Need", section 3.2.
+
+    Attention(Q, K, V) = softmax(Q Kᵀ / √d_k + M) V                     (eq. 1, plus an additive mask M)
+    MultiHead(X)       = Concat(head_1, …, head_h) W_O,  head_i = Attention(X W_Qi, X W_Ki, X W_Vi)
+
+Two paths compute the same function and a test holds them equal:
+  - "eager": the equation above written out, the path to read;
+  - "sdpa":  `F.scaled_dot_product_attention`, which dispatches to fused (flash / memory-efficient) kernels.
+
+The padding mask is additive: 0 where a key may be attended to and the most negative finite float where it
+is padding (as BERT does). A finite value, not -inf, keeps a fully padded row finite: its softmax is uniform
+over padding instead of 0/0 = NaN.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import EncoderConfig
+
+
+def padding_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, T) mask of 1 = token, 0 = padding -> (B, 1, 1, T) additive bias, broadcast over heads and queries."""
+    bias = (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min  # (B, 1, 1, T)
+    return bias
+
+
+def eager_attention(q, k, v, bias, dropout_p: float, training: bool) -> torch.Tensor:
+    """softmax(Q Kᵀ / √d + bias) V, written out. q, k, v: (B, nh, T, hd); bias: (B, 1, 1, T) or None."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, nh, T, T)
+    if bias is not None:
+        scores = scores + bias
+    probs = F.dropout(scores.softmax(dim=-1), p=dropout_p, training=training)
+    return probs @ v  # (B, nh, T, hd)
+
+
+def sdpa_attention(q, k, v, bias, dropout_p: float, training: bool) -> torch.Tensor:
+    """The same function through PyTorch's fused kernel."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p if training else 0.0)
+
+
+ATTENTION = {"eager": eager_attention, "sdpa": sdpa_attention}
+
+
+class SelfAttention(nn.Module):
+    """Projections `query`, `key`, `value` (the names LoRA targets) and the output projection `out`."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        H = config.hidden_size
+        self.num_heads, self.head_dim = config.num_heads, config.head_dim
+        self.query, self.key, self.value = nn.Linear(H, H), nn.Linear(H, H), nn.Linear(H, H)
+        self.out = nn.Linear(H, H)
+        self.dropout_p = config.attention_dropout
+        self.impl = config.attn_impl
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        return x.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        B, T, H = x.shape
+        q, k, v = self.split_heads(self.query(x)), self.split_heads(self.key(x)), self.split_heads(self.value(x))
+        y = ATTENTION[self.impl](q, k, v, bias, self.dropout_p, self.training)  # (B, nh, T, hd)
+        y = y.transpose(1, 2).reshape(B, T, H)  # (B, T, nh * hd)
+        return self.out(y)

@@ -1,0 +1,116 @@
+"""The BERT encoder: embeddings, then a stack of post-LN transformer layers.
+
+Devlin et al. 2019, "BERT", section 3, on the Transformer encoder of Vaswani et al. 2017, section 3.1:
+
+    h_0 = LayerNorm(E_word[x] + E_pos[t] + E_type[s])                        (BERT, Figure 2)
+    a_l = LayerNorm(h_{l-1} + Dropout(MultiHead(h_{l-1})))                    (post-LN: norm after the add)
+    h_l = LayerNorm(a_l + Dropout(W_2 GELU(W_1 a_l + b_1) + b_2))
+
+`Encoder(input_ids, attention_mask, token_type_ids)` returns h_L, the last hidden states (B, T, H).
+BERT's pooler, when the checkpoint has one, sits beside the stack as `encoder.pooler`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import GELU_APPROXIMATION, EncoderConfig
+from ..io import hf
+from .attention import SelfAttention, padding_bias
+from .heads import Pooler
+
+
+class Embeddings(nn.Module):
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        H = config.hidden_size
+        self.word = nn.Embedding(config.vocab_size, H, padding_idx=config.pad_token_id)
+        self.position = nn.Embedding(config.max_position_embeddings, H)
+        self.token_type = nn.Embedding(config.type_vocab_size, H)
+        self.norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        T = input_ids.size(1)
+        if T > self.position.num_embeddings:
+            raise ValueError(f"sequence length {T} exceeds max_position_embeddings {self.position.num_embeddings}; truncate the input")
+        positions = torch.arange(T, device=input_ids.device)  # (T,)
+        x = self.word(input_ids) + self.position(positions) + self.token_type(token_type_ids)  # (B, T, H)
+        return self.dropout(self.norm(x))
+
+
+class FeedForward(nn.Module):
+    """W_2 GELU(W_1 x + b_1) + b_2, with the hidden size expanded to intermediate_size (4H in BERT)."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.up = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.down = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.approximate = GELU_APPROXIMATION[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.gelu(self.up(x), approximate=self.approximate))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.attention = SelfAttention(config)
+        self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.ffn = FeedForward(config)
+        self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        x = self.attention_norm(x + self.dropout(self.attention(x, bias)))
+        return self.ffn_norm(x + self.dropout(self.ffn(x)))
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: EncoderConfig, add_pooler: bool = True):
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_layers))
+        self.pooler = Pooler(config.hidden_size) if add_pooler else None
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module, std: float = 0.02) -> None:
+        """BERT's initialisation: N(0, 0.02) weights, zero biases, LayerNorm at identity."""
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            nn.init.zeros_(module.weight[module.padding_idx])
+        if isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        """input_ids (B, T) -> last hidden states (B, T, H). attention_mask: 1 = token, 0 = padding."""
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
+        bias = None if attention_mask is None else padding_bias(attention_mask, x.dtype)  # (B, 1, 1, T)
+        for layer in self.layers:
+            x = layer(x, bias)
+        return x
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **config_overrides) -> Encoder:
+        """Load an HF BERT folder (config.json + model.safetensors or pytorch_model.bin), strictly."""
+        config = EncoderConfig.from_json(Path(path) / "config.json", **config_overrides)
+        hf_state = hf.read_weights(path)
+        model = cls(config, add_pooler=hf.has_pooler(hf_state))
+        model.load_state_dict(hf.to_ours(hf_state, config.num_layers, model.state_dict(), path))
+        return model
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write config.json and model.safetensors that `transformers.BertModel.from_pretrained` loads."""
+        hf.save(path, self.config.to_hf(), hf.to_hf(self.state_dict(), self.config.num_layers))

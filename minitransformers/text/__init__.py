@@ -1,0 +1,1 @@
+"""Text: the tokenizer, real data sources, and dataset loaders."""

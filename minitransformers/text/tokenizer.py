@@ -1,0 +1,137 @@
+"""BERT's WordPiece tokenizer, on the `tokenizers` library (Rust), with tensors out.
+
+WordPiece (Schuster & Nakajima 2012; Wu et al. 2016, section 4.1) splits each word greedily into the longest
+vocabulary pieces, continuation pieces marked `##`. BERT's pipeline (Devlin et al. 2019, section 3):
+
+    normalise (clean, lowercase, strip accents)  ->  split on whitespace and punctuation  ->  WordPiece
+    ->  [CLS] A [SEP]            token_type_ids 0 … 0
+        [CLS] A [SEP] B [SEP]    token_type_ids 0 … 0 1 … 1
+
+`Tokenizer.from_pretrained(dir)` reads `tokenizer.json`, or builds the pipeline above from `vocab.txt`.
+Padding and truncation are done per call here, not baked into the tokenizer file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+from tokenizers import Tokenizer as RustTokenizer
+from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def bert_pipeline(model: models.Model, lowercase: bool = True) -> RustTokenizer:
+    """Wrap a WordPiece model in BERT's normaliser, pre-tokenizer and decoder (post-processor added later)."""
+    tok = RustTokenizer(model)
+    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    return tok
+
+
+def add_bert_template(tok: RustTokenizer) -> RustTokenizer:
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    return tok
+
+
+class Tokenizer:
+    def __init__(self, tokenizer: RustTokenizer, pad_token: str = "[PAD]"):
+        self.tokenizer = tokenizer
+        self.tokenizer.no_truncation()
+        self.tokenizer.no_padding()
+        self.pad_id = tokenizer.token_to_id(pad_token)
+        if self.pad_id is None:
+            raise ValueError(f"pad token {pad_token!r} is not in the vocabulary")
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> Tokenizer:
+        path = Path(path)
+        if (path / "tokenizer.json").is_file():
+            try:
+                return cls(RustTokenizer.from_file(str(path / "tokenizer.json")))
+            except Exception as err:  # the Rust side raises a bare Exception on a malformed file
+                raise ValueError(f"{path / 'tokenizer.json'}: cannot parse tokenizer ({err})") from err
+        if (path / "vocab.txt").is_file():
+            config = path / "tokenizer_config.json"
+            lowercase = json.loads(config.read_text()).get("do_lower_case", True) if config.is_file() else True
+            wordpiece = models.WordPiece.from_file(str(path / "vocab.txt"), unk_token="[UNK]")
+            return cls(add_bert_template(bert_pipeline(wordpiece, lowercase)))
+        raise FileNotFoundError(f"{path}: no tokenizer.json or vocab.txt; is this a tokenizer folder?")
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write tokenizer.json and vocab.txt (ids in order), which `transformers.BertTokenizerFast` reads."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save(str(path / "tokenizer.json"))
+        vocab = sorted(self.tokenizer.get_vocab().items(), key=lambda item: item[1])
+        (path / "vocab.txt").write_text("".join(token + "\n" for token, _ in vocab), encoding="utf-8")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.tokenizer.token_to_id(token)
+
+    def __call__(
+        self,
+        texts: str | Sequence[str],
+        pairs: Sequence[str] | None = None,
+        max_length: int = 512,
+        padding: bool | str = True,
+        truncation: bool = True,
+    ) -> dict[str, torch.Tensor]:
+        """Encode texts (and optional second segments) -> input_ids, attention_mask, token_type_ids (B, T).
+
+        padding: True pads to the longest in the batch, "max_length" to max_length, False needs equal lengths.
+        """
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if pairs is not None and len(pairs) != len(texts):
+            raise ValueError(f"got {len(texts)} texts but {len(pairs)} pairs; pass one pair per text")
+        if truncation:
+            self.tokenizer.enable_truncation(max_length)
+        inputs = texts if pairs is None else list(zip(texts, pairs))
+        encodings = self.tokenizer.encode_batch(inputs)
+        self.tokenizer.no_truncation()
+
+        lengths = [len(e.ids) for e in encodings]
+        T = max_length if padding == "max_length" else max(lengths, default=0)
+        if not padding and len(set(lengths)) > 1:
+            raise ValueError(f"sequences have lengths {sorted(set(lengths))}; pass padding=True to pad them")
+        batch = {
+            "input_ids": torch.full((len(encodings), T), self.pad_id, dtype=torch.long),
+            "attention_mask": torch.zeros(len(encodings), T, dtype=torch.long),
+            "token_type_ids": torch.zeros(len(encodings), T, dtype=torch.long),
+        }
+        for row, e in enumerate(encodings):
+            n = len(e.ids)
+            batch["input_ids"][row, :n] = torch.tensor(e.ids)
+            batch["attention_mask"][row, :n] = 1
+            batch["token_type_ids"][row, :n] = torch.tensor(e.type_ids)
+        return batch
+
+    def decode(self, ids: Iterable[int] | torch.Tensor, skip_special_tokens: bool = True) -> str:
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+
+def train_wordpiece(files: Sequence[str | Path], vocab_size: int = 30522, min_frequency: int = 2, lowercase: bool = True) -> Tokenizer:
+    """Learn a WordPiece vocabulary from text files, with BERT's special tokens at ids 0-4."""
+    missing = [str(f) for f in files if not Path(f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"training files not found: {missing}")
+    tok = bert_pipeline(models.WordPiece(unk_token="[UNK]"), lowercase)
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS, continuing_subword_prefix="##", show_progress=False
+    )
+    tok.train([str(f) for f in files], trainer)
+    return Tokenizer(add_bert_template(tok))

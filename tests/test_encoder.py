@@ -1,0 +1,179 @@
+"""The encoder against `transformers.BertModel`: tiny random configs, both attention paths, real MiniLM."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from minitransformers import Encoder, EncoderConfig, Tokenizer
+
+transformers = pytest.importorskip("transformers")
+
+TINY_CONFIGS = [
+    EncoderConfig(vocab_size=97, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=37, max_position_embeddings=24, hidden_act="gelu"),
+    EncoderConfig(vocab_size=61, hidden_size=48, num_layers=3, num_heads=6, intermediate_size=64, max_position_embeddings=16, type_vocab_size=3, hidden_act="gelu_new", layer_norm_eps=1e-5),
+    EncoderConfig(vocab_size=50, hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128, max_position_embeddings=32, hidden_act="gelu_pytorch_tanh", pad_token_id=3),
+]
+
+
+def hf_bert(config: EncoderConfig):
+    hf_config = transformers.BertConfig(**config.to_hf(), attn_implementation="eager")
+    model = transformers.BertModel(hf_config).eval()
+    with torch.no_grad():  # HF inits LayerNorm at identity and biases at zero; randomise them so they are tested
+        for name, p in model.named_parameters():
+            if "LayerNorm" in name or name.endswith("bias"):
+                p.normal_(mean=1.0 if name.endswith("LayerNorm.weight") else 0.0, std=0.1)
+    return model
+
+
+def random_batch(config: EncoderConfig, B=4, T=11):
+    """Random ids, token types, and padding of different lengths per row (one row fully unpadded)."""
+    input_ids = torch.randint(0, config.vocab_size, (B, T))
+    token_type_ids = torch.randint(0, config.type_vocab_size, (B, T))
+    lengths = torch.tensor([T] + torch.randint(1, T, (B - 1,)).tolist())
+    attention_mask = (torch.arange(T)[None, :] < lengths[:, None]).long()  # (B, T)
+    return input_ids, attention_mask, token_type_ids
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+@pytest.mark.parametrize("config", TINY_CONFIGS, ids=["gelu", "gelu_new", "gelu_tanh"])
+def test_against_hf_bert_model(tmp_path, config, impl):
+    hf = hf_bert(config)
+    hf.save_pretrained(tmp_path)
+    ours = Encoder.from_pretrained(tmp_path, attn_impl=impl).eval()
+    ids, mask, types = random_batch(config)
+    with torch.no_grad():
+        expected = hf(input_ids=ids, attention_mask=mask, token_type_ids=types)
+        hidden = ours(ids, attention_mask=mask, token_type_ids=types)
+        pooled = ours.pooler(hidden)
+    real = mask.bool()  # HF and we agree on padded positions too, but only real tokens carry meaning
+    assert (hidden - expected.last_hidden_state)[real].abs().max() <= 1e-5
+    assert (hidden - expected.last_hidden_state).abs().max() <= 1e-5
+    assert (pooled - expected.pooler_output).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("config", TINY_CONFIGS, ids=["gelu", "gelu_new", "gelu_tanh"])
+def test_save_pretrained_loads_in_transformers_with_same_outputs(tmp_path, config):
+    ours = Encoder(config).eval()
+    ours.save_pretrained(tmp_path)
+    hf = transformers.BertModel.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    ids, mask, types = random_batch(config)
+    with torch.no_grad():
+        expected = hf(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+        assert (ours(ids, mask, types) - expected).abs().max() <= 1e-5
+    reloaded = Encoder.from_pretrained(tmp_path).eval()
+    for (name, a), (_, b) in zip(ours.state_dict().items(), reloaded.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_sdpa_path_equals_eager_path():
+    config = TINY_CONFIGS[0]
+    eager = Encoder(dataclasses.replace(config, attn_impl="eager")).eval()
+    sdpa = Encoder(dataclasses.replace(config, attn_impl="sdpa")).eval()
+    sdpa.load_state_dict(eager.state_dict())
+    ids, mask, types = random_batch(config, B=6, T=20)
+    with torch.no_grad():
+        assert (eager(ids, mask, types) - sdpa(ids, mask, types)).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+def test_fully_padded_row_gives_no_nans(impl):
+    config = dataclasses.replace(TINY_CONFIGS[1], attn_impl=impl)
+    model = Encoder(config).eval()
+    ids, mask, types = random_batch(config)
+    mask[1] = 0
+    with torch.no_grad():
+        hidden = model(ids, mask, types)
+    assert torch.isfinite(hidden).all()
+
+
+def test_padding_does_not_change_real_token_states():
+    """A sequence alone and the same sequence padded inside a batch give the same states."""
+    config = TINY_CONFIGS[0]
+    model = Encoder(config).eval()
+    ids = torch.randint(0, config.vocab_size, (1, 7))
+    padded = torch.cat([ids, torch.zeros(1, 5, dtype=torch.long)], dim=1)
+    mask = torch.cat([torch.ones(1, 7), torch.zeros(1, 5)], dim=1).long()
+    with torch.no_grad():
+        assert (model(ids) - model(padded, mask)[:, :7]).abs().max() <= 1e-5
+
+
+def test_loads_keys_with_bert_prefix(tmp_path):
+    config = TINY_CONFIGS[0]
+    hf = transformers.BertForSequenceClassification(transformers.BertConfig(**config.to_hf())).eval()
+    state = {k: v for k, v in hf.state_dict().items() if k.startswith("bert.")}
+    Encoder(config).save_pretrained(tmp_path)  # config.json
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    (tmp_path / "model.safetensors").unlink()
+    ours = Encoder.from_pretrained(tmp_path).eval()
+    ids, mask, types = random_batch(config)
+    with torch.no_grad():
+        assert (ours(ids, mask, types) - hf.bert(ids, mask, types).last_hidden_state).abs().max() <= 1e-5
+
+
+def _save_edited(tmp_path, edit):
+    from minitransformers.io.safetensors import load_file, save_file
+
+    Encoder(TINY_CONFIGS[0]).save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    edit(state)
+    save_file(state, tmp_path / "model.safetensors")
+
+
+def test_missing_key_fails_listing_it(tmp_path):
+    _save_edited(tmp_path, lambda s: s.pop("encoder.layer.1.attention.self.value.bias"))
+    with pytest.raises(ValueError, match=r"missing keys \['encoder.layer.1.attention.self.value.bias'\]"):
+        Encoder.from_pretrained(tmp_path)
+
+
+def test_unexpected_key_fails_listing_it(tmp_path):
+    _save_edited(tmp_path, lambda s: s.update({"encoder.layer.2.output.dense.weight": torch.randn(3, 3)}))
+    with pytest.raises(ValueError, match=r"unexpected keys \['encoder.layer.2.output.dense.weight'\]"):
+        Encoder.from_pretrained(tmp_path)
+
+
+def test_misshaped_key_fails_listing_it(tmp_path):
+    _save_edited(tmp_path, lambda s: s.update({"pooler.dense.weight": torch.randn(32, 31)}))
+    with pytest.raises(ValueError, match=r"mis-shaped keys \['pooler.dense.weight: checkpoint \(32, 31\), model \(32, 32\)'\]"):
+        Encoder.from_pretrained(tmp_path)
+
+
+def test_missing_weights_file_names_the_folder(tmp_path):
+    TINY_CONFIGS[0].to_json(tmp_path / "config.json")
+    with pytest.raises(FileNotFoundError, match="no model.safetensors or pytorch_model.bin"):
+        Encoder.from_pretrained(tmp_path)
+
+
+def test_config_round_trips_through_hf_config():
+    for config in TINY_CONFIGS:
+        hf = transformers.BertConfig(**config.to_hf())
+        assert EncoderConfig.from_hf(hf.to_dict()) == config
+
+
+def test_unsupported_config_is_refused():
+    with pytest.raises(ValueError, match="hidden_act 'swish' is not supported"):
+        EncoderConfig(hidden_act="swish")
+    with pytest.raises(ValueError, match="position_embedding_type 'relative_key'"):
+        EncoderConfig.from_hf({**TINY_CONFIGS[0].to_hf(), "position_embedding_type": "relative_key"})
+
+
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "A man is playing a guitar on the street while people walk by and some of them stop to listen.",
+    "Hello!",
+    "Transformers encode every token in the context of every other token.",
+]
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+def test_minilm_matches_transformers_on_padded_real_sentences(minilm_dir, impl):
+    tok = Tokenizer.from_pretrained(minilm_dir)
+    batch = tok(SENTENCES)
+    assert batch["attention_mask"].sum(1).tolist() != [batch["input_ids"].size(1)] * len(SENTENCES)  # padded
+    ours = Encoder.from_pretrained(minilm_dir, attn_impl=impl).eval()
+    hf = transformers.BertModel.from_pretrained(minilm_dir, attn_implementation="eager").eval()
+    with torch.no_grad():
+        expected = hf(**batch).last_hidden_state
+        hidden = ours(**batch)
+    real = batch["attention_mask"].bool()
+    assert (hidden - expected)[real].abs().max() <= 1e-4
