@@ -177,3 +177,23 @@ def test_minilm_matches_transformers_on_padded_real_sentences(minilm_dir, impl):
         hidden = ours(**batch)
     real = batch["attention_mask"].bool()
     assert (hidden - expected)[real].abs().max() <= 1e-4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+def test_half_precision_on_cuda_is_as_accurate_as_transformers(tmp_path, dtype, impl):
+    """In fp16/bf16 both implementations round; ours may drift from the fp32 result no more than HF's does."""
+    config = EncoderConfig(vocab_size=1000, hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024, max_position_embeddings=128)
+    hf = hf_bert(config)
+    hf.save_pretrained(tmp_path)
+    ours = Encoder.from_pretrained(tmp_path, attn_impl=impl).eval().cuda()
+    hf = hf.cuda()
+    ids, mask, types = (t.cuda() for t in random_batch(config, B=8, T=128))
+    real = mask.bool()
+    with torch.no_grad():
+        reference = hf(ids, mask, types).last_hidden_state[real]
+        hf_error = (hf.to(dtype)(ids, mask, types).last_hidden_state[real].float() - reference).abs().max()
+        our_error = (ours.to(dtype)(ids, mask, types)[real].float() - reference).abs().max()
+    assert torch.isfinite(our_error) and our_error <= 2 * hf_error + 1e-3

@@ -1,0 +1,175 @@
+"""Dataset loaders: each returns a plain list of strings, `Example`s or `Pair`s.
+
+Fetched sources (`python -m minitransformers fetch NAME`; see sources.py and data/README.md):
+    load_sentiment(split)   Rotten Tomatoes snippets (Hutto & Gilbert 2014), rating > 0 -> 1, < 0 -> 0, 0 dropped.
+                            Split rule: the kept examples' indices (file order) are shuffled with
+                            `random.Random(0).shuffle`, then the first 80% are "train", the next 10% "validation",
+                            the rest "test".
+    load_stsb(split)        STS-B sentence pairs with a similarity score in [0, 5]; its own train/dev/test split.
+    load_wikitext2(split)   WikiText-2 raw lines; its own train/valid/test split.
+Your own files:
+    load_csv, load_jsonl    a text and an integer label per row or object (string labels via `labels=[names]`).
+    load_imdb(root, split)  the aclImdb/{train,test}/{pos,neg}/*.txt layout.
+    load_texts(path)        the non-empty lines of a text file.
+
+Errors name the file and, where one applies, its 1-based line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from .sources import data_dir
+
+SENTIMENT_SPLITS = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    label: int
+
+
+@dataclass(frozen=True)
+class Pair:
+    text_a: str
+    text_b: str
+    score: float
+
+
+def decoded_lines(path: str | Path) -> list[str]:
+    """Each line of PATH decoded as UTF-8, line end kept; a bad byte is reported with its line number."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file; expected a UTF-8 text file there")
+    lines = []
+    for number, raw in enumerate(path.read_bytes().splitlines(keepends=True), 1):
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path}:{number}: not valid UTF-8 (byte {raw[err.start]:#04x} at column {err.start + 1}); re-save the file as UTF-8") from None
+    return lines
+
+
+def check_split(split: str, allowed: Sequence[str], what: str) -> None:
+    if split not in allowed:
+        raise ValueError(f"{what}: unknown split {split!r}; expected one of {list(allowed)}")
+
+
+def load_sentiment(split: str, root: str | Path | None = None) -> list[Example]:
+    """Movie review snippets, 1 = positive; the 80/10/10 split is the module docstring's rule."""
+    check_split(split, SENTIMENT_SPLITS, "load_sentiment")
+    path = data_dir("sentiment", root) / "movieReviewSnippets_GroundTruth.txt"
+    examples = []
+    for number, line in enumerate(decoded_lines(path), 1):
+        fields = line.rstrip("\r\n").split("\t")
+        if len(fields) != 3:
+            raise ValueError(f"{path}:{number}: expected 3 tab-separated fields (id, rating, text), found {len(fields)}")
+        rating = float(fields[1])
+        if rating != 0:
+            examples.append(Example(fields[2], int(rating > 0)))
+    order = list(range(len(examples)))
+    random.Random(0).shuffle(order)
+    n_train, n_val = len(order) * 8 // 10, len(order) // 10
+    start, stop = {"train": (0, n_train), "validation": (n_train, n_train + n_val), "test": (n_train + n_val, len(order))}[split]
+    return [examples[i] for i in order[start:stop]]
+
+
+def load_stsb(split: str, root: str | Path | None = None) -> list[Pair]:
+    """STS-B pairs: tab-separated, score in column 4 and sentences in 5 and 6 (0-based); later columns ignored."""
+    check_split(split, ("train", "dev", "test"), "load_stsb")
+    path = data_dir("stsb", root) / f"sts-{split}.csv"
+    pairs = []
+    for number, line in enumerate(decoded_lines(path), 1):
+        fields = line.rstrip("\r\n").split("\t")  # no csv quoting: sentences contain bare quote marks
+        if len(fields) < 7:
+            raise ValueError(f"{path}:{number}: expected at least 7 tab-separated fields, found {len(fields)}")
+        pairs.append(Pair(fields[5], fields[6], float(fields[4])))
+    return pairs
+
+
+def load_wikitext2(split: str, root: str | Path | None = None) -> list[str]:
+    """WikiText-2 raw lines as they are (leading space and ` = Heading = ` lines kept); blank lines dropped."""
+    split = "valid" if split == "validation" else split
+    check_split(split, ("train", "valid", "test"), "load_wikitext2")
+    return load_texts(data_dir("wikitext2", root) / f"{split}.raw")
+
+
+def load_texts(path: str | Path) -> list[str]:
+    """The lines of a UTF-8 text file without their line ends, whitespace-only lines dropped."""
+    return [line.rstrip("\r\n") for line in decoded_lines(path) if line.strip()]
+
+
+def parse_label(value, labels: Sequence[str] | None, where: str) -> int:
+    """An int label as it is; with LABELS, a name maps to its index; without, an int-like string is parsed."""
+    if isinstance(value, int) and not isinstance(value, bool) and (labels is None or 0 <= value < len(labels)):
+        return value
+    if labels is not None:
+        if value in labels:
+            return list(labels).index(value)
+        raise ValueError(f"{where}: unknown label {value!r}; expected one of {list(labels)} or an index below {len(labels)}")
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    raise ValueError(f"{where}: label {value!r} is not an integer; pass labels=[name, ...] to map label names to ids")
+
+
+def missing_columns(where: str, found: Sequence[str], wanted: Sequence[str]) -> None:
+    missing = [c for c in wanted if c not in found]
+    if missing:
+        raise ValueError(f"{where}: missing column(s) {missing}; found {list(found)}; pass text_column= and label_column=")
+
+
+def load_csv(path: str | Path, text_column: str = "text", label_column: str = "label", labels: Sequence[str] | None = None) -> list[Example]:
+    """Rows of a CSV file with a header row; see `parse_label` for the labels."""
+    reader = csv.reader(decoded_lines(path))
+    header = next(reader, None)
+    if header is None:
+        raise ValueError(f"{path}: empty file; expected a header row naming {text_column!r} and {label_column!r}")
+    missing_columns(f"{path}:1", header, (text_column, label_column))
+    text_at, label_at = header.index(text_column), header.index(label_column)
+    examples = []
+    for row in reader:
+        where = f"{path}:{reader.line_num}"
+        if row and len(row) != len(header):
+            raise ValueError(f"{where}: expected {len(header)} fields like the header, found {len(row)}")
+        if row:
+            examples.append(Example(row[text_at], parse_label(row[label_at], labels, where)))
+    return examples
+
+
+def load_jsonl(path: str | Path, text_column: str = "text", label_column: str = "label", labels: Sequence[str] | None = None) -> list[Example]:
+    """One JSON object per line (blank lines skipped); see `parse_label` for the labels."""
+    examples = []
+    for number, line in enumerate(decoded_lines(path), 1):
+        where = f"{path}:{number}"
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: bad JSON ({err.msg} at column {err.colno}); expected one object per line") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"{where}: expected a JSON object, found {type(obj).__name__}")
+        missing_columns(where, list(obj), (text_column, label_column))
+        if not isinstance(obj[text_column], str):
+            raise ValueError(f"{where}: {text_column!r} should be a string, found {obj[text_column]!r}")
+        examples.append(Example(obj[text_column], parse_label(obj[label_column], labels, where)))
+    return examples
+
+
+def load_imdb(root: str | Path, split: str) -> list[Example]:
+    """IMDB reviews (Maas et al. 2011) from ROOT = the `aclImdb` folder: neg (0) then pos (1), files sorted by name."""
+    check_split(split, ("train", "test"), "load_imdb")
+    examples = []
+    for label, name in enumerate(("neg", "pos")):
+        folder = Path(root) / split / name
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: no such folder; expected ROOT to be the `aclImdb` folder with {split}/{name}/*.txt")
+        for file in sorted(folder.glob("*.txt")):
+            examples.append(Example("".join(decoded_lines(file)), label))
+    return examples
