@@ -47,6 +47,7 @@ class EncoderConfig:
     hidden_act: str = "gelu"  # an HF name: "gelu" (exact) or "gelu_new" / "gelu_pytorch_tanh" (tanh)
     pad_token_id: int = 0
     attn_impl: str = "sdpa"  # "sdpa" (fast, F.scaled_dot_product_attention) or "eager" (explicit softmax)
+    unpad: bool = False  # run the dense layers on real tokens only (model/unpad.py); not part of config.json
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:

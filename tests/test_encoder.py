@@ -111,29 +111,30 @@ def test_loads_keys_with_bert_prefix(tmp_path):
         assert (ours(ids, mask, types) - hf.bert(ids, mask, types).last_hidden_state).abs().max() <= 1e-5
 
 
-def _save_edited(tmp_path, edit):
+def save_edited(model, tmp_path, edit):
+    """Save `model`, then change its weights file on disk with `edit(state)`."""
     from minitransformers.io.safetensors import load_file, save_file
 
-    Encoder(TINY_CONFIGS[0]).save_pretrained(tmp_path)
+    model.save_pretrained(tmp_path)
     state = load_file(tmp_path / "model.safetensors")
     edit(state)
     save_file(state, tmp_path / "model.safetensors")
 
 
 def test_missing_key_fails_listing_it(tmp_path):
-    _save_edited(tmp_path, lambda s: s.pop("encoder.layer.1.attention.self.value.bias"))
+    save_edited(Encoder(TINY_CONFIGS[0]), tmp_path, lambda s: s.pop("encoder.layer.1.attention.self.value.bias"))
     with pytest.raises(ValueError, match=r"missing keys \['encoder.layer.1.attention.self.value.bias'\]"):
         Encoder.from_pretrained(tmp_path)
 
 
 def test_unexpected_key_fails_listing_it(tmp_path):
-    _save_edited(tmp_path, lambda s: s.update({"encoder.layer.2.output.dense.weight": torch.randn(3, 3)}))
+    save_edited(Encoder(TINY_CONFIGS[0]), tmp_path, lambda s: s.update({"encoder.layer.2.output.dense.weight": torch.randn(3, 3)}))
     with pytest.raises(ValueError, match=r"unexpected keys \['encoder.layer.2.output.dense.weight'\]"):
         Encoder.from_pretrained(tmp_path)
 
 
 def test_misshaped_key_fails_listing_it(tmp_path):
-    _save_edited(tmp_path, lambda s: s.update({"pooler.dense.weight": torch.randn(32, 31)}))
+    save_edited(Encoder(TINY_CONFIGS[0]), tmp_path, lambda s: s.update({"pooler.dense.weight": torch.randn(32, 31)}))
     with pytest.raises(ValueError, match=r"mis-shaped keys \['pooler.dense.weight: checkpoint \(32, 31\), model \(32, 32\)'\]"):
         Encoder.from_pretrained(tmp_path)
 

@@ -13,6 +13,9 @@ Loading is strict: any missing, unexpected or mis-shaped key fails with the list
     layers.{i}.ffn.up.* / ffn.down.*  encoder.layer.{i}.intermediate.dense.* / output.dense.*
     layers.{i}.ffn_norm.*             encoder.layer.{i}.output.LayerNorm.*
     pooler.dense.*                    pooler.dense.*
+
+A BertForSequenceClassification folder holds the encoder under `bert.` and the head as `classifier.weight`
+and `classifier.bias`; our SequenceClassifier names them `encoder.*` and `classifier.*`.
 """
 
 from __future__ import annotations
@@ -75,28 +78,67 @@ def has_pooler(hf_state: dict[str, torch.Tensor]) -> bool:
     return "pooler.dense.weight" in strip_prefix(hf_state)
 
 
+def check_keys(found: dict, expected: dict, path, what: str, hint: str) -> None:
+    """Fail, listing them, on missing, unexpected or mis-shaped keys of `found` against `expected`."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{path}: checkpoint does not match {what}; missing keys {missing}, unexpected keys {unexpected}; {hint}")
+    wrong = [f"{k}: checkpoint {tuple(found[k].shape)}, model {tuple(v.shape)}" for k, v in expected.items() if found[k].shape != v.shape]
+    if wrong:
+        raise ValueError(f"{path}: mis-shaped keys {wrong}; does config.json match the weights?")
+
+
 def to_ours(hf_state: dict, num_layers: int, expected: dict[str, torch.Tensor], path) -> dict[str, torch.Tensor]:
     """Rename an HF state dict to ours, checking it against `expected` (our model's state dict)."""
     hf_state = {k: v for k, v in strip_prefix(hf_state).items() if k not in IGNORED_KEYS}
     names = weight_map(num_layers, pooler="pooler.dense" in {k.rsplit(".", 1)[0] for k in expected})
-    missing = sorted(theirs for theirs in names.values() if theirs not in hf_state)
-    unexpected = sorted(set(hf_state) - set(names.values()))
-    if missing or unexpected:
-        raise ValueError(
-            f"{path}: checkpoint does not match a {num_layers}-layer BERT encoder; "
-            f"missing keys {missing}, unexpected keys {unexpected}; is this a BERT checkpoint with this config.json?"
-        )
-    ours = {o: hf_state[t] for o, t in names.items()}
-    wrong = [f"{t}: checkpoint {tuple(hf_state[t].shape)}, model {tuple(expected[o].shape)}" for o, t in names.items() if hf_state[t].shape != expected[o].shape]
-    if wrong:
-        raise ValueError(f"{path}: mis-shaped keys {wrong}; does config.json match the weights?")
-    return ours
+    what = f"a {num_layers}-layer BERT encoder"
+    check_keys(hf_state, {t: expected[o] for o, t in names.items()}, path, what, "is this a BERT checkpoint with this config.json?")
+    return {o: hf_state[t] for o, t in names.items()}
 
 
 def to_hf(state: dict[str, torch.Tensor], num_layers: int) -> dict[str, torch.Tensor]:
     """Rename our state dict to HF BertModel names."""
     names = weight_map(num_layers, pooler="pooler.dense.weight" in state)
     return {names[k]: v for k, v in state.items()}
+
+
+def split_classifier(hf_state: dict, path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A BertForSequenceClassification state dict -> (its encoder part, its `classifier.*` part)."""
+    head = {k: v for k, v in hf_state.items() if k.startswith("classifier.")}
+    if not head:
+        raise ValueError(
+            f"{path}: no classifier.* keys, only an encoder's; to put a new head on this encoder use "
+            "SequenceClassifier.from_encoder(path, num_labels)"
+        )
+    return {k: v for k, v in hf_state.items() if k not in head}, head
+
+
+def classifier_to_ours(encoder_state: dict, head: dict, num_layers: int, expected: dict[str, torch.Tensor], path) -> dict[str, torch.Tensor]:
+    """Rename the two parts to our SequenceClassifier's names (`encoder.*`, `classifier.*`), strictly."""
+    expected_head = {k: v for k, v in expected.items() if k.startswith("classifier.")}
+    what = f"a {len(expected_head['classifier.bias'])}-label classifier head"
+    check_keys(head, expected_head, path, what, "does config.json's id2label list one name per row of classifier.weight?")
+    expected_encoder = {k.removeprefix("encoder."): v for k, v in expected.items() if k.startswith("encoder.")}
+    encoder = to_ours(encoder_state, num_layers, expected_encoder, path)
+    return {**{f"encoder.{k}": v for k, v in encoder.items()}, **head}
+
+
+def classifier_to_hf(state: dict[str, torch.Tensor], num_layers: int) -> dict[str, torch.Tensor]:
+    """Our SequenceClassifier's state dict -> BertForSequenceClassification names (`bert.*`, `classifier.*`)."""
+    encoder = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+    head = {k: v for k, v in state.items() if k.startswith("classifier.")}
+    return {**{f"bert.{k}": v for k, v in to_hf(encoder, num_layers).items()}, **head}
+
+
+def read_config(path: str | Path) -> dict:
+    """The config.json of an HF folder, as a dict."""
+    path = Path(path) / "config.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: cannot read an HF config.json ({err})") from err
 
 
 def save(path: str | Path, config: dict, hf_state: dict[str, torch.Tensor]) -> None:

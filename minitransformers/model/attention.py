@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import EncoderConfig
+from .unpad import Packing
 
 
 def padding_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -62,9 +63,13 @@ class SelfAttention(nn.Module):
         B, T, _ = x.shape
         return x.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        B, T, H = x.shape
-        q, k, v = self.split_heads(self.query(x)), self.split_heads(self.key(x)), self.split_heads(self.value(x))
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None, packing: Packing | None = None) -> torch.Tensor:
+        """x (B, T, H), or (N, H) real tokens with their `packing` (unpad.py) -> the same shape."""
+        q, k, v = self.query(x), self.key(x), self.value(x)
+        if packing is not None:  # attention needs each sequence's tokens side by side: re-pad
+            q, k, v = packing.unpack(q), packing.unpack(k), packing.unpack(v)  # (B, T, H)
+        B, T, H = q.shape
+        q, k, v = self.split_heads(q), self.split_heads(k), self.split_heads(v)  # (B, nh, T, hd)
         y = ATTENTION[self.impl](q, k, v, bias, self.dropout_p, self.training)  # (B, nh, T, hd)
         y = y.transpose(1, 2).reshape(B, T, H)  # (B, T, nh * hd)
-        return self.out(y)
+        return self.out(y if packing is None else packing.pack(y))

@@ -7,7 +7,8 @@ Devlin et al. 2019, "BERT", section 3, on the Transformer encoder of Vaswani et 
     h_l = LayerNorm(a_l + Dropout(W_2 GELU(W_1 a_l + b_1) + b_2))
 
 `Encoder(input_ids, attention_mask, token_type_ids)` returns h_L, the last hidden states (B, T, H).
-BERT's pooler, when the checkpoint has one, sits beside the stack as `encoder.pooler`.
+BERT's pooler, when the checkpoint has one, sits beside the stack as `encoder.pooler` (it is part of HF's
+BertModel); the classifier head in heads.py may use it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch import nn
 from ..config import GELU_APPROXIMATION, EncoderConfig
 from ..io import hf
 from .attention import SelfAttention, padding_bias
-from .heads import Pooler
+from .unpad import Packing
 
 
 class Embeddings(nn.Module):
@@ -65,9 +66,21 @@ class EncoderLayer(nn.Module):
         self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        x = self.attention_norm(x + self.dropout(self.attention(x, bias)))
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None, packing: Packing | None = None) -> torch.Tensor:
+        """x (B, T, H), or (N, H) real tokens when `packing` says where they sit."""
+        x = self.attention_norm(x + self.dropout(self.attention(x, bias, packing)))
         return self.ffn_norm(x + self.dropout(self.ffn(x)))
+
+
+class Pooler(nn.Module):
+    """BERT's pooler: tanh(W h_CLS + b), the layer next-sentence prediction trains (`pooler.dense` in HF)."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(hidden[:, 0]))  # (B, T, H) -> (B, H)
 
 
 class Encoder(nn.Module):
@@ -97,10 +110,16 @@ class Encoder(nn.Module):
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
-        bias = None if attention_mask is None else padding_bias(attention_mask, x.dtype)  # (B, 1, 1, T)
+        # The mask in the dtype attention computes in (bf16/fp16 under autocast): a mask of another dtype than
+        # Q sends F.scaled_dot_product_attention to its slow unfused fallback.
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        bias = None if attention_mask is None else padding_bias(attention_mask, dtype)  # (B, 1, 1, T)
+        packing = Packing.from_mask(attention_mask) if self.config.unpad and attention_mask is not None else None
+        if packing is not None:
+            x = packing.pack(x)  # (N, H): the dense layers see real tokens only
         for layer in self.layers:
-            x = layer(x, bias)
-        return x
+            x = layer(x, bias, packing)
+        return x if packing is None else packing.unpack(x)  # (B, T, H), zeros at padding
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **config_overrides) -> Encoder:

@@ -1,19 +1,30 @@
-"""Pooling: from per-token hidden states (B, T, H) to one vector per sequence (B, H).
+"""Pooling and the sequence classifier: from per-token hidden states (B, T, H) to one vector, then to logits.
 
+Pooling, from hidden states (B, T, H) to one vector per sequence (B, H):
 - CLS pooling takes the first token's state (Devlin et al. 2019, section 3: "[CLS] ... used as the
   aggregate sequence representation for classification tasks").
-- BERT's pooler is tanh(W h_CLS + b), the layer trained by next-sentence prediction; `transformers`
-  calls it `pooler.dense`.
+- BERT's pooler is tanh(W h_CLS + b), the layer trained by next-sentence prediction; it is part of the
+  encoder (encoder.py), as in `transformers`' BertModel, which calls it `pooler.dense`.
 - Mean pooling averages the states of real (non-padding) tokens. Sentence-BERT (Reimers & Gurevych 2019,
   section 3) found it the best of the three for sentence embeddings; all-MiniLM-L6-v2 is trained with it
   and then L2-normalised.
+
+Classification, Devlin et al. 2019, section 4.1: the pooled vector C ∈ R^H and a new layer W ∈ R^{K×H}
+for K labels give the loss log(softmax(C Wᵀ)). `SequenceClassifier` returns the logits C Wᵀ + b (B, K),
+with dropout on C as in BERT; with pooling "pooler" it is `transformers`' BertForSequenceClassification.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..config import EncoderConfig
+from ..io import hf
+from .encoder import Encoder, Pooler
 
 POOLING = ("cls", "mean", "pooler")
 
@@ -35,17 +46,6 @@ def sentence_embedding(hidden: torch.Tensor, attention_mask: torch.Tensor | None
     return F.normalize(mean_pool(hidden, attention_mask), p=2, dim=-1)
 
 
-class Pooler(nn.Module):
-    """BERT's pooler: tanh(dense(h_CLS))."""
-
-    def __init__(self, hidden_size: int):
-        super().__init__()
-        self.dense = nn.Linear(hidden_size, hidden_size)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.dense(cls_pool(hidden)))  # (B, H)
-
-
 def pool(hidden, attention_mask, kind: str, pooler: Pooler | None = None) -> torch.Tensor:
     """One entry point for the three kinds of pooling, as a classifier head selects them."""
     if kind == "cls":
@@ -57,3 +57,62 @@ def pool(hidden, attention_mask, kind: str, pooler: Pooler | None = None) -> tor
             raise ValueError("pooling 'pooler' needs BERT's pooler weights, and this encoder has none")
         return pooler(hidden)
     raise ValueError(f"unknown pooling {kind!r}; use one of {POOLING}")
+
+
+class SequenceClassifier(nn.Module):
+    """Encoder -> pool -> dropout -> linear: logits (B, num_labels). `labels` names the rows of W."""
+
+    def __init__(self, encoder: Encoder, num_labels: int, pooling: str = "pooler", dropout: float | None = None, labels: list[str] | None = None):
+        super().__init__()
+        if pooling not in POOLING:
+            raise ValueError(f"unknown pooling {pooling!r}; use one of {POOLING}")
+        if pooling == "pooler" and encoder.pooler is None:
+            raise ValueError("pooling 'pooler' needs BERT's pooler weights, and this encoder has none; use pooling 'cls' or 'mean'")
+        labels = list(labels) if labels is not None else [f"LABEL_{i}" for i in range(num_labels)]
+        if len(labels) != num_labels:
+            raise ValueError(f"{len(labels)} label names for {num_labels} labels; give one name per label")
+        self.encoder, self.pooling, self.labels = encoder, pooling, labels
+        if pooling != "pooler" and encoder.pooler is not None:
+            encoder.pooler.requires_grad_(False)  # unused: kept only so a saved folder has HF's full layout
+        self.dropout = nn.Dropout(encoder.config.hidden_dropout if dropout is None else dropout)
+        self.classifier = nn.Linear(encoder.config.hidden_size, num_labels)  # W (K, H), b (K,)
+        nn.init.normal_(self.classifier.weight, mean=0.0, std=0.02)  # BERT's initialisation
+        nn.init.zeros_(self.classifier.bias)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        hidden = self.encoder(input_ids, attention_mask, token_type_ids)  # (B, T, H)
+        pooled = pool(hidden, attention_mask, self.pooling, self.encoder.pooler)  # (B, H)
+        return self.classifier(self.dropout(pooled))  # (B, num_labels)
+
+    @classmethod
+    def from_encoder(cls, path: str | Path, num_labels: int, pooling: str = "pooler", labels: list[str] | None = None, **config_overrides) -> SequenceClassifier:
+        """A new, randomly initialised head on a pretrained encoder folder, ready to fine-tune."""
+        return cls(Encoder.from_pretrained(path, **config_overrides), num_labels, pooling, labels=labels)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **config_overrides) -> SequenceClassifier:
+        """Load an HF BertForSequenceClassification folder (as `save_pretrained` writes it), strictly."""
+        hf_config = hf.read_config(path)
+        config = EncoderConfig.from_hf(hf_config, **config_overrides)
+        encoder_state, head = hf.split_classifier(hf.read_weights(path), path)
+        id2label = hf_config.get("id2label") or {str(i): f"LABEL_{i}" for i in range(hf_config.get("num_labels", 2))}
+        labels = [id2label[key] for key in sorted(id2label, key=int)]
+        encoder = Encoder(config, add_pooler=hf.has_pooler(encoder_state))
+        model = cls(encoder, len(labels), hf_config.get("pooling", "pooler"), hf_config.get("classifier_dropout"), labels)
+        model.load_state_dict(hf.classifier_to_ours(encoder_state, head, config.num_layers, model.state_dict(), path))
+        return model
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write a folder that `transformers.BertForSequenceClassification.from_pretrained` loads.
+
+        `transformers` derives num_labels from id2label; "pooling" is our key, which it keeps and ignores.
+        """
+        config = {
+            **self.encoder.config.to_hf(),
+            "architectures": ["BertForSequenceClassification"],
+            "id2label": {str(i): label for i, label in enumerate(self.labels)},
+            "label2id": {label: i for i, label in enumerate(self.labels)},
+            "classifier_dropout": self.dropout.p,
+            "pooling": self.pooling,
+        }
+        hf.save(path, config, hf.classifier_to_hf(self.state_dict(), self.encoder.config.num_layers))
