@@ -1,4 +1,4 @@
-"""Evaluation metrics, in numpy.
+"""Evaluation metrics, in numpy: Spearman's ρ, accuracy, macro-F1.
 
 Spearman's rank correlation (Spearman 1904) is Pearson's correlation of the ranks, with tied values given
 the mean of the ranks they span:
@@ -34,3 +34,22 @@ def spearman(x, y) -> float:
     if len(x) != len(y) or len(x) < 2:
         raise ValueError(f"spearman needs two sequences of equal length >= 2, got {len(x)} and {len(y)}")
     return pearson(rankdata(x), rankdata(y))
+
+
+def accuracy(predictions, labels) -> float:
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    return float((predictions == labels).mean())
+
+
+def macro_f1(predictions, labels, num_classes: int) -> float:
+    """Mean over classes of F1 = 2·TP / (2·TP + FP + FN). A class that occurs in neither the predictions nor
+    the labels is left out (its F1 is 0/0)."""
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    scores = []
+    for c in range(num_classes):
+        tp = np.sum((predictions == c) & (labels == c))
+        fp = np.sum((predictions == c) & (labels != c))
+        fn = np.sum((predictions != c) & (labels == c))
+        if tp + fp + fn:
+            scores.append(2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(scores)) if scores else 0.0

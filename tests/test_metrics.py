@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from minitransformers.metrics import rankdata, spearman
+from minitransformers.metrics import accuracy, macro_f1, rankdata, spearman
 
 
 def test_ranks_average_ties():
@@ -33,3 +33,11 @@ def test_spearman_with_ties_equals_pearson_of_average_ranks():
 def test_spearman_refuses_mismatched_lengths():
     with pytest.raises(ValueError, match="equal length"):
         spearman([1, 2, 3], [1, 2])
+
+
+def test_accuracy_and_macro_f1_by_hand():
+    predictions, labels = [0, 0, 1, 1, 1, 2], [0, 1, 1, 1, 2, 2]
+    assert accuracy(predictions, labels) == pytest.approx(4 / 6)
+    # class 0: tp 1, fp 1, fn 0 -> 2/3; class 1: tp 2, fp 1, fn 1 -> 4/6; class 2: tp 1, fp 0, fn 1 -> 2/3
+    assert macro_f1(predictions, labels, num_classes=3) == pytest.approx(2 / 3)
+    assert macro_f1([1, 1], [1, 1], num_classes=2) == 1.0  # class 0 never occurs: left out

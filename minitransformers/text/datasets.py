@@ -73,11 +73,34 @@ def load_sentiment(split: str, root: str | Path | None = None) -> list[Example]:
         rating = float(fields[1])
         if rating != 0:
             examples.append(Example(fields[2], int(rating > 0)))
+    return fixed_split(examples, 0.8, 0.1)[split]
+
+
+def fixed_split(examples: Sequence, train: float, validation: float | None = None) -> dict[str, list]:
+    """The module's split rule: shuffle indices with random.Random(0), then cut train / validation / test, the
+    test split taking the rest. With validation=None, validation takes the rest and there is no test split."""
     order = list(range(len(examples)))
     random.Random(0).shuffle(order)
-    n_train, n_val = len(order) * 8 // 10, len(order) // 10
-    start, stop = {"train": (0, n_train), "validation": (n_train, n_train + n_val), "test": (n_train + n_val, len(order))}[split]
-    return [examples[i] for i in order[start:stop]]
+    n_train = int(len(order) * train)
+    n_val = len(order) - n_train if validation is None else int(len(order) * validation)
+    cuts = {"train": (0, n_train), "validation": (n_train, n_train + n_val), "test": (n_train + n_val, len(order))}
+    return {name: [examples[i] for i in order[a:b]] for name, (a, b) in cuts.items() if validation is not None or name != "test"}
+
+
+def load_classification(spec: str, root: str | Path | None = None) -> dict[str, list[Example]]:
+    """train / validation / test splits for `--data SPEC`:
+    - "sentiment": the built-in Rotten Tomatoes set and its fixed split;
+    - a folder with train/ and test/ (the aclImdb layout): its test set, and its train set cut 90/10;
+    - a .csv or .jsonl file with `text` and `label` columns: cut 80/10/10 by the rule above."""
+    if spec == "sentiment":
+        return {split: load_sentiment(split, root) for split in SENTIMENT_SPLITS}
+    path = Path(spec)
+    if path.is_dir():
+        return {**fixed_split(load_imdb(path, "train"), 0.9), "test": load_imdb(path, "test")}
+    loaders = {".csv": load_csv, ".jsonl": load_jsonl}
+    if path.suffix not in loaders:
+        raise ValueError(f"--data {spec!r}: expected 'sentiment', an aclImdb folder, or a .csv / .jsonl file")
+    return fixed_split(loaders[path.suffix](path), 0.8, 0.1)
 
 
 def load_stsb(split: str, root: str | Path | None = None) -> list[Pair]:

@@ -82,6 +82,33 @@ class Tokenizer:
     def token_to_id(self, token: str) -> int | None:
         return self.tokenizer.token_to_id(token)
 
+    def encode(
+        self, texts: Sequence[str], pairs: Sequence[str] | None = None, max_length: int = 512, truncation: bool = True
+    ) -> list[tuple[list[int], list[int]]]:
+        """Unpadded (input_ids, token_type_ids) per text, with [CLS]/[SEP] added; for datasets and collate."""
+        if pairs is not None and len(pairs) != len(texts):
+            raise ValueError(f"got {len(texts)} texts but {len(pairs)} pairs; pass one pair per text")
+        if truncation:
+            self.tokenizer.enable_truncation(max_length)
+        inputs = list(texts) if pairs is None else list(zip(texts, pairs))
+        encodings = self.tokenizer.encode_batch(inputs)
+        self.tokenizer.no_truncation()
+        return [(e.ids, e.type_ids) for e in encodings]
+
+    def pad(self, encoded: Sequence[tuple[list[int], list[int]]], length: int | None = None) -> dict[str, torch.Tensor]:
+        """Right-pad to `length` (default: the longest) -> input_ids, attention_mask, token_type_ids (B, T)."""
+        T = max((len(ids) for ids, _ in encoded), default=0) if length is None else length
+        batch = {
+            "input_ids": torch.full((len(encoded), T), self.pad_id, dtype=torch.long),
+            "attention_mask": torch.zeros(len(encoded), T, dtype=torch.long),
+            "token_type_ids": torch.zeros(len(encoded), T, dtype=torch.long),
+        }
+        for row, (ids, types) in enumerate(encoded):
+            batch["input_ids"][row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            batch["attention_mask"][row, : len(ids)] = 1
+            batch["token_type_ids"][row, : len(ids)] = torch.tensor(types, dtype=torch.long)
+        return batch
+
     def __call__(
         self,
         texts: str | Sequence[str],
@@ -95,29 +122,11 @@ class Tokenizer:
         padding: True pads to the longest in the batch, "max_length" to max_length, False needs equal lengths.
         """
         texts = [texts] if isinstance(texts, str) else list(texts)
-        if pairs is not None and len(pairs) != len(texts):
-            raise ValueError(f"got {len(texts)} texts but {len(pairs)} pairs; pass one pair per text")
-        if truncation:
-            self.tokenizer.enable_truncation(max_length)
-        inputs = texts if pairs is None else list(zip(texts, pairs))
-        encodings = self.tokenizer.encode_batch(inputs)
-        self.tokenizer.no_truncation()
-
-        lengths = [len(e.ids) for e in encodings]
-        T = max_length if padding == "max_length" else max(lengths, default=0)
-        if not padding and len(set(lengths)) > 1:
-            raise ValueError(f"sequences have lengths {sorted(set(lengths))}; pass padding=True to pad them")
-        batch = {
-            "input_ids": torch.full((len(encodings), T), self.pad_id, dtype=torch.long),
-            "attention_mask": torch.zeros(len(encodings), T, dtype=torch.long),
-            "token_type_ids": torch.zeros(len(encodings), T, dtype=torch.long),
-        }
-        for row, e in enumerate(encodings):
-            n = len(e.ids)
-            batch["input_ids"][row, :n] = torch.tensor(e.ids)
-            batch["attention_mask"][row, :n] = 1
-            batch["token_type_ids"][row, :n] = torch.tensor(e.type_ids)
-        return batch
+        encoded = self.encode(texts, pairs, max_length, truncation)
+        lengths = {len(ids) for ids, _ in encoded}
+        if not padding and len(lengths) > 1:
+            raise ValueError(f"sequences have lengths {sorted(lengths)}; pass padding=True to pad them")
+        return self.pad(encoded, max_length if padding == "max_length" else None)
 
     def decode(self, ids: Iterable[int] | torch.Tensor, skip_special_tokens: bool = True) -> str:
         ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
