@@ -52,6 +52,30 @@ def cmd_search(args) -> None:
             print(f"{hit['rank']:>3}  {hit['score']:.4f}  {hit['text']}")
 
 
+def cmd_finetune(args) -> None:
+    from .train.finetune import finetune
+
+    metrics = finetune(args)
+    if args.json and metrics:
+        print(json.dumps(metrics))
+
+
+def cmd_predict(args) -> None:
+    from .model import SequenceClassifier
+    from .text.tokenizer import Tokenizer
+
+    model = SequenceClassifier.from_pretrained(args.model).to(args.device).eval()
+    tokenizer = Tokenizer.from_pretrained(args.model)
+    texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    with torch.no_grad():
+        batch = {k: v.to(args.device) for k, v in tokenizer(texts, max_length=args.max_length).items()}
+        probs = model(**batch).float().softmax(-1)  # (B, num_labels)
+    for text, p in zip(texts, probs):
+        label = int(p.argmax())
+        row = {"label": model.labels[label], "probability": round(float(p[label]), 4), "text": text}
+        print(json.dumps(row) if args.json else f"{row['label']}\t{row['probability']:.4f}\t{text}")
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="an HF BERT folder, e.g. data/minilm (fetch minilm first)")
     p.add_argument("--device", default=default_device(), help="torch device (default: cuda if available, else cpu)")
@@ -81,7 +105,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the hits as one JSON line")
     p.add_argument("query")
     p.set_defaults(run=cmd_search)
+
+    p = sub.add_parser("finetune", help="fine-tune an encoder with a classification head", description="Full fine-tuning of an HF BERT folder on a classification set. Writes metrics.jsonl, checkpoint.pt, the best model (an HF BertForSequenceClassification folder with its tokenizer) and metrics.json into --out. Several processes: torchrun --nproc_per_node=N -m minitransformers finetune ...")
+    add_finetune_args(p)
+    p.set_defaults(run=cmd_finetune)
+
+    p = sub.add_parser("predict", help="classify texts with a fine-tuned model", description="Print the predicted label and its probability for each text (arguments, else lines of stdin).")
+    p.add_argument("--model", required=True, help="a folder written by finetune (or any HF BertForSequenceClassification folder)")
+    p.add_argument("--device", default=default_device(), help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--max-length", type=int, default=512, help="truncate texts to this many tokens (default: 512)")
+    p.add_argument("--json", action="store_true", help="one JSON object per text")
+    p.add_argument("texts", nargs="*", metavar="TEXT")
+    p.set_defaults(run=cmd_predict)
     return parser
+
+
+def add_finetune_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="HF BERT folder to start from, e.g. data/minilm")
+    p.add_argument("--data", required=True, help="'sentiment', an aclImdb folder, or a .csv/.jsonl file with text and label columns")
+    p.add_argument("--out", required=True, help="run folder: metrics, checkpoint and the best model")
+    p.add_argument("--epochs", type=int, default=3, help="passes over the training set (default: 3)")
+    p.add_argument("--max-steps", type=int, default=0, help="stop after this many optimizer steps (default: 0, the epochs decide)")
+    p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (default: 5e-5)")
+    p.add_argument("--batch-size", type=int, default=32, help="global batch: examples per micro-step over all processes (default: 32)")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-steps per optimizer step (default: 1)")
+    p.add_argument("--max-length", type=int, default=128, help="truncate to this many tokens (default: 128)")
+    p.add_argument("--max-train-examples", type=int, default=0, help="use only the first N training examples (default: all)")
+    p.add_argument("--warmup", type=float, default=0.1, help="fraction of the steps for linear warmup (default: 0.1)")
+    p.add_argument("--schedule", choices=("linear", "cosine"), default="linear", help="decay after warmup (default: linear)")
+    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW decay, not applied to biases and LayerNorm (default: 0.01)")
+    p.add_argument("--max-grad-norm", type=float, default=1.0, help="clip the gradient norm to this (default: 1.0)")
+    p.add_argument("--eval-every", type=int, default=0, help="evaluate and checkpoint every N steps (default: 0, each epoch end)")
+    p.add_argument("--metric", default="accuracy", choices=("accuracy", "macro_f1", "loss"), help="picks the best checkpoint (default: accuracy)")
+    p.add_argument("--pooling", default="pooler", choices=("pooler", "cls", "mean"), help="sequence representation for the head (default: pooler, as BERT)")
+    p.add_argument("--unpad", action="store_true", help="run the dense layers on real tokens only, skipping padding (faster on GPU; model/unpad.py)")
+    p.add_argument("--no-bucket", action="store_true", help="plain shuffled batches instead of length-bucketed ones")
+    p.add_argument("--seed", type=int, default=0, help="seeds data order, initialisation and dropout (default: 0)")
+    p.add_argument("--device", default=default_device(), help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast dtype on CUDA; CPU runs fp32 (default: fp32)")
+    p.add_argument("--resume", action="store_true", help="continue exactly from --out/checkpoint.pt")
+    p.add_argument("--json", action="store_true", help="print the final metrics as one JSON line")
 
 
 def main(argv: list[str] | None = None) -> None:

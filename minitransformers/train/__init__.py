@@ -1,0 +1,1 @@
+"""Training: the loop, optimizer and schedule, checkpoints, data parallelism, and the fine-tuning recipe."""

@@ -1,0 +1,50 @@
+"""What the trainer optimises and how it scores, per task. The trainer itself knows neither.
+
+A task gives the *sum* of the loss over a batch and the number of terms in that sum, so that the trainer can
+divide by the number of terms in the whole optimizer step (all micro-batches, all processes) and get the
+exact mean whatever the batch split: Σ_processes Σ_micro-batches loss_sum / N_step.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..metrics import accuracy, macro_f1
+
+
+class Classification:
+    """Sequence classification with cross-entropy, scored by loss, accuracy and macro-F1."""
+
+    metrics = ("loss", "accuracy", "macro_f1")
+
+    def __init__(self, num_labels: int):
+        self.num_labels = num_labels
+
+    @staticmethod
+    def inputs(batch: dict) -> dict:
+        return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+
+    def count(self, batch: dict) -> int:
+        return batch["labels"].numel()
+
+    def loss_sum(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        logits = model(**self.inputs(batch))  # (B, num_labels)
+        return F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches: Iterable[dict]) -> dict[str, float]:
+        total, predictions, labels = 0.0, [], []
+        for batch in batches:
+            logits = model(**self.inputs(batch)).float()
+            total += F.cross_entropy(logits, batch["labels"], reduction="sum").item()
+            predictions += logits.argmax(-1).tolist()
+            labels += batch["labels"].tolist()
+        return {
+            "loss": total / max(1, len(labels)),
+            "accuracy": accuracy(predictions, labels),
+            "macro_f1": macro_f1(predictions, labels, self.num_labels),
+        }

@@ -1,0 +1,213 @@
+"""The training loop: AdamW, warmup + decay, clipping, accumulation, mixed precision, evaluation,
+atomic checkpoints with exact resume, and data parallelism. In the spirit of minGPT's trainer.
+
+One optimizer step:
+
+    for each of `grad_accum` global batches:          (a global batch is split across processes)
+        loss_sum = Σ loss over my share of the batch
+        backward(loss_sum · world_size / N_step)      N_step = number of loss terms in the step, all processes
+    (DDP averages gradients over processes, so the gradient is that of the mean loss over the whole step)
+    clip ‖g‖ to max_grad_norm; AdamW step; scheduler step
+
+Outputs in `out/`: `metrics.jsonl` (a line per step and per evaluation), `checkpoint.pt` (the latest state,
+for --resume), the best model so far as an HF folder (`save_pretrained`), and `metrics.json` at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..text.collate import BatchSampler
+from . import checkpoint
+from .distributed import World, all_reduce_sum, barrier, unwrap, wrap
+from .optim import adamw, schedule
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainConfig:
+    out: str
+    epochs: int = 3
+    max_steps: int = 0  # 0: epochs decide
+    batch_size: int = 32  # global: examples per micro-step, summed over all processes
+    grad_accum: int = 1
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup: float = 0.1  # fraction of the steps
+    schedule: str = "linear"
+    max_grad_norm: float = 1.0
+    eval_every: int = 0  # steps; 0: at each epoch end only
+    eval_batch_size: int = 128
+    metric: str = "accuracy"  # the one that picks the best checkpoint; "loss" is minimised, others maximised
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (the last two on CUDA)
+    seed: int = 0
+    bucket: bool = True
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, task, train_set: Sequence, eval_set: Sequence, collate: Callable, lengths: Sequence[int], config: TrainConfig, world: World = World()):
+        if config.precision != "fp32" and world.device.type != "cuda":
+            raise ValueError(f"precision {config.precision!r} needs CUDA; on {world.device.type} use fp32")
+        self.model, self.task, self.config, self.world = model.to(world.device), task, config, world
+        self.train_set, self.eval_set, self.collate = train_set, eval_set, collate
+        self.out = Path(config.out)
+        self.sampler = BatchSampler(lengths, config.batch_size, bucket=config.bucket, seed=config.seed)
+        self.steps_per_epoch = len(self.batches(0)) // config.grad_accum
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{len(train_set)} training examples make no full step of {config.grad_accum} × {config.batch_size}")
+        self.total = config.max_steps or config.epochs * self.steps_per_epoch
+        self.ddp = wrap(self.model, world)
+        self.optimizer = adamw(self.model, config.lr, config.weight_decay, fused=world.device.type == "cuda")
+        self.scheduler = schedule(self.optimizer, int(config.warmup * self.total), self.total, config.schedule)
+        self.scaler = torch.amp.GradScaler(world.device.type, enabled=config.precision == "fp16")
+        self.state = {"step": 0, "epoch": 0, "position": 0, "best": None, "train_seconds": 0.0}
+
+    # ---- data -------------------------------------------------------------------------------------------
+    def batches(self, epoch: int) -> list[list[int]]:
+        """The epoch's global batches, without any too small to give every process an example."""
+        return [b for b in self.sampler.batches(epoch) if len(b) >= self.world.size]
+
+    def to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.world.device, non_blocking=True) for k, v in batch.items()}
+
+    def autocast(self):
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.precision)
+        return torch.autocast(self.world.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+    # ---- one optimizer step -----------------------------------------------------------------------------
+    def train_step(self, group: list[list[int]]) -> tuple[float, float, int]:
+        """-> (mean loss over the step, gradient norm, real tokens in my share)."""
+        self.ddp.train()
+        w = self.world
+        micro = [self.to_device(self.collate([self.train_set[i] for i in b[w.rank :: w.size]])) for b in group]
+        n_step = all_reduce_sum(torch.tensor(float(sum(self.task.count(m) for m in micro)), device=w.device), w)
+        total = torch.zeros((), device=w.device)
+        for k, batch in enumerate(micro):
+            sync = k == len(micro) - 1 or w.size == 1  # DDP all-reduces gradients on the last micro-batch only
+            with (contextlib.nullcontext() if sync else self.ddp.no_sync()), self.autocast():
+                loss_sum = self.task.loss_sum(self.ddp, batch)
+            self.scaler.scale(loss_sum * w.size / n_step).backward()
+            total += loss_sum.detach()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        loss = (all_reduce_sum(total, w) / n_step).item()
+        return loss, grad_norm.item(), sum(int(m["attention_mask"].sum()) for m in micro)
+
+    # ---- evaluation, logging, checkpoints ---------------------------------------------------------------
+    def evaluate(self, examples: Sequence, model: nn.Module | None = None) -> dict[str, float]:
+        """The task's metrics on `examples`, for the model being trained or another one (e.g. the best saved)."""
+        model = (model or unwrap(self.ddp)).eval()
+        size = self.config.eval_batch_size
+        batches = (self.to_device(self.collate(examples[i : i + size])) for i in range(0, len(examples), size))
+        with self.autocast():
+            return self.task.evaluate(model, batches)
+
+    def log(self, row: dict) -> None:
+        if self.world.is_main:
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def is_better(self, value: float) -> bool:
+        best = self.state["best"]
+        return best is None or (value < best if self.config.metric == "loss" else value > best)
+
+    def evaluate_and_save(self, busy: float) -> int:
+        """Evaluate on the validation set, keep the best model, and write the resume checkpoint (rank 0).
+        `busy`: training seconds of this process so far, added to the checkpoint's total. -> the step."""
+        if self.world.is_main:
+            metrics = self.evaluate(self.eval_set)
+            self.log({"step": self.state["step"], "epoch": self.state["epoch"], **{f"validation_{k}": v for k, v in metrics.items()}})
+            if self.is_better(metrics[self.config.metric]):
+                self.state["best"] = metrics[self.config.metric]
+                unwrap(self.ddp).save_pretrained(self.out)
+            checkpoint.save_atomic(self.checkpoint(busy), self.out / "checkpoint.pt")
+        barrier(self.world)
+        return self.state["step"]
+
+    def checkpoint(self, busy: float) -> dict:
+        return {
+            "model": unwrap(self.ddp).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "state": {**self.state, "train_seconds": self.state["train_seconds"] + busy},
+            "rng": checkpoint.rng_state(),
+            "config": asdict(self.config),
+        }
+
+    def resume(self) -> None:
+        ckpt = checkpoint.load(self.out / "checkpoint.pt")
+        unwrap(self.ddp).load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.state = ckpt["state"]
+        checkpoint.set_rng_state(ckpt["rng"])
+        if self.world.is_main and (self.out / "metrics.jsonl").is_file():  # drop lines the killed run wrote after it
+            lines = (self.out / "metrics.jsonl").read_text().splitlines()
+            kept = [line for line in lines if json.loads(line)["step"] <= self.state["step"]]
+            (self.out / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
+
+    # ---- the loop ---------------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> dict:
+        self.out.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.resume()
+        elif self.world.is_main:
+            (self.out / "metrics.jsonl").unlink(missing_ok=True)
+        s, cfg = self.state, self.config
+        bar = tqdm(total=self.total, initial=s["step"], desc="train", unit="step", disable=not self.world.is_main)
+        busy, examples, tokens, evaluated_at = 0.0, 0, 0, s["step"] if resume else None
+        while s["step"] < self.total:
+            batches = self.batches(s["epoch"])
+            usable = self.steps_per_epoch * cfg.grad_accum
+            while s["position"] < usable and s["step"] < self.total:
+                group = batches[s["position"] : s["position"] + cfg.grad_accum]
+                t0 = time.perf_counter()
+                loss, grad_norm, my_tokens = self.train_step(group)
+                busy += time.perf_counter() - t0
+                if not math.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"loss is {loss} at step {s['step'] + 1}; stopped. The last good checkpoint is "
+                        f"{self.out / 'checkpoint.pt'} (step {evaluated_at or 0}). Lower --lr, or use --precision fp32 or bf16."
+                    )
+                s["step"], s["position"] = s["step"] + 1, s["position"] + cfg.grad_accum
+                examples, tokens = examples + sum(len(b) for b in group), tokens + my_tokens * self.world.size
+                rates = {"examples_per_s": examples / busy, "tokens_per_s": tokens / busy}
+                self.log({"step": s["step"], "epoch": s["epoch"], "loss": loss, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm, **rates})
+                bar.update()
+                bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{rates['examples_per_s']:.0f}", tok_s=f"{rates['tokens_per_s']:.0f}")
+                if cfg.eval_every and s["step"] % cfg.eval_every == 0:
+                    evaluated_at = self.evaluate_and_save(busy)
+            if s["position"] >= usable:
+                s["epoch"], s["position"] = s["epoch"] + 1, 0
+                if evaluated_at != s["step"]:
+                    evaluated_at = self.evaluate_and_save(busy)
+        if evaluated_at != s["step"]:
+            self.evaluate_and_save(busy)
+        bar.close()
+        return {
+            "steps": s["step"],
+            "epochs": round(s["step"] / self.steps_per_epoch, 3),
+            f"best_validation_{cfg.metric}": s["best"],
+            "train_seconds": s["train_seconds"] + busy,
+            "train_examples_per_s": examples / busy if busy else None,
+            "train_tokens_per_s": tokens / busy if busy else None,
+        }
