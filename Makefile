@@ -28,6 +28,9 @@ experiment: $(STAMP)
 	$(PY) -m minitransformers fetch $(DATA_TEST)
 	$(PY) experiments/run.py
 
+bench: $(STAMP)
+	$(PY) experiments/train_bench.py
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache runs
 	find data -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +

@@ -1,12 +1,15 @@
-"""Run every experiment in turn (`make experiment`). Each writes its report to experiments/results/."""
+"""Run every experiment in turn (`make experiment`; `PROFILE=full make experiment` for the long profiles).
+Each writes its report to experiments/results/."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-EXPERIMENTS = ["sts_benchmark.py"]
+PROFILE = os.environ.get("PROFILE", "quick")
+EXPERIMENTS = [["sts_benchmark.py"], ["finetune_sentiment.py", "--profile", PROFILE]]
 
-for script in EXPERIMENTS:
-    print(f"== {script}", flush=True)
-    subprocess.run([sys.executable, str(HERE / script)], check=True)
+for script, *args in EXPERIMENTS:
+    print(f"== {script} {' '.join(args)}", flush=True)
+    subprocess.run([sys.executable, str(HERE / script), *args], check=True)
