@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import DATA, fetched
-from minitransformers.text.datasets import Example, Pair, load_csv, load_imdb, load_jsonl, load_sentiment, load_stsb, load_texts, load_wikitext2
+from minitransformers.text.datasets import Example, Pair, fixed_split, load_classification, load_csv, load_imdb, load_jsonl, load_sentiment, load_stsb, load_texts, load_wikitext2
 
 SENTIMENT_SIZES = {"train": 8454, "validation": 1056, "test": 1058}
 
@@ -120,3 +120,35 @@ def test_load_texts_drops_blank_lines_and_reports_bad_bytes(tmp_path):
     assert load_texts(path) == ["first line", "second line  ", "third"]
     with pytest.raises(ValueError, match="bad.txt:2: not valid UTF-8"):
         load_texts(write(tmp_path / "bad.txt", b"ok\n\xc3\x28\n"))
+
+
+def test_fixed_split_partitions_in_a_repeatable_order():
+    items = list(range(103))
+    three = fixed_split(items, 0.8, 0.1)
+    assert [len(three[k]) for k in ("train", "validation", "test")] == [82, 10, 11]
+    assert sorted(three["train"] + three["validation"] + three["test"]) == items
+    assert three == fixed_split(items, 0.8, 0.1) and three["train"] != items[:82]
+    two = fixed_split(items, 0.9)
+    assert two.keys() == {"train", "validation"} and len(two["train"]) == 92 and len(two["validation"]) == 11
+
+
+def test_load_classification_selects_the_loader_by_data_spec(tmp_path):
+    (tmp_path / "r.csv").write_text("text,label\n" + "".join(f"review {i},{i % 2}\n" for i in range(20)))
+    (tmp_path / "r.jsonl").write_text("".join(f'{{"text": "review {i}", "label": {i % 2}}}\n' for i in range(20)))
+    for name in ("r.csv", "r.jsonl"):
+        splits = load_classification(str(tmp_path / name))
+        assert {k: len(v) for k, v in splits.items()} == {"train": 16, "validation": 2, "test": 2}
+    for split, n in (("train", 10), ("test", 3)):
+        for label in ("neg", "pos"):
+            (tmp_path / "imdb" / split / label).mkdir(parents=True)
+            for i in range(n):
+                (tmp_path / "imdb" / split / label / f"{i}_1.txt").write_text(f"{label} {i}")
+    imdb = load_classification(str(tmp_path / "imdb"))
+    assert {k: len(v) for k, v in imdb.items()} == {"train": 18, "validation": 2, "test": 6}
+    with pytest.raises(ValueError, match="expected 'sentiment', an aclImdb folder, or a .csv / .jsonl file"):
+        load_classification(str(tmp_path / "r.txt"))
+
+
+def test_load_classification_sentiment_is_the_fixed_split(sentiment):
+    splits = load_classification("sentiment", root=DATA)
+    assert splits == sentiment
