@@ -98,10 +98,11 @@ def test_padding_does_not_change_real_token_states():
         assert (model(ids) - model(padded, mask)[:, :7]).abs().max() <= 1e-5
 
 
-def test_loads_keys_with_bert_prefix(tmp_path):
+def test_loads_the_encoder_of_a_model_with_a_head_from_pytorch_model_bin(tmp_path):
+    """Keys under `bert.` load; the head's keys (`classifier.*`) are left out, as HF does for a BertModel."""
     config = TINY_CONFIGS[0]
     hf = transformers.BertForSequenceClassification(transformers.BertConfig(**config.to_hf())).eval()
-    state = {k: v for k, v in hf.state_dict().items() if k.startswith("bert.")}
+    state = hf.state_dict()
     Encoder(config).save_pretrained(tmp_path)  # config.json
     torch.save(state, tmp_path / "pytorch_model.bin")
     (tmp_path / "model.safetensors").unlink()
@@ -198,3 +199,4 @@ def test_half_precision_on_cuda_is_as_accurate_as_transformers(tmp_path, dtype, 
         hf_error = (hf.to(dtype)(ids, mask, types).last_hidden_state[real].float() - reference).abs().max()
         our_error = (ours.to(dtype)(ids, mask, types)[real].float() - reference).abs().max()
     assert torch.isfinite(our_error) and our_error <= 2 * hf_error + 1e-3
+

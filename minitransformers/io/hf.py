@@ -147,3 +147,45 @@ def save(path: str | Path, config: dict, hf_state: dict[str, torch.Tensor]) -> N
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     save_file({k: v.detach().contiguous() for k, v in hf_state.items()}, path / "model.safetensors", metadata={"format": "pt"})
+
+
+# Our MaskedLM's head -> BertForMaskedLM's `cls.predictions`; the tied decoder weight is handled apart.
+MLM_HEAD = {
+    "head.transform.weight": "cls.predictions.transform.dense.weight",
+    "head.transform.bias": "cls.predictions.transform.dense.bias",
+    "head.norm.weight": "cls.predictions.transform.LayerNorm.weight",
+    "head.norm.bias": "cls.predictions.transform.LayerNorm.bias",
+    "head.bias": "cls.predictions.bias",
+}
+
+
+def mlm_to_ours(hf_state: dict, num_layers: int, expected: dict[str, torch.Tensor], path) -> dict[str, torch.Tensor]:
+    """A BertForMaskedLM state dict -> our MaskedLM's names, strictly.
+
+        ours                 transformers
+        encoder.*            bert.*, as `to_ours` maps them (with or without the pooler)
+        head.*               cls.predictions.*, as MLM_HEAD maps them
+        head.decoder.weight  cls.predictions.decoder.weight: tied to the word embeddings, so usually not
+                             saved; where saved, it must equal them
+        (none)               cls.predictions.decoder.bias: in some checkpoints, a copy of cls.predictions.bias
+    """
+    head = {k: v for k, v in hf_state.items() if k.startswith("cls.")}
+    decoder = head.pop("cls.predictions.decoder.weight", None)
+    head.pop("cls.predictions.decoder.bias", None)
+    hint = "is this a BertForMaskedLM folder? To put a new head on an encoder use MaskedLM.from_encoder(path)"
+    check_keys(head, {t: expected[o] for o, t in MLM_HEAD.items()}, path, "BERT's masked-LM head", hint)
+    expected_encoder = {k.removeprefix("encoder."): v for k, v in expected.items() if k.startswith("encoder.")}
+    encoder = to_ours({k: v for k, v in hf_state.items() if not k.startswith("cls.")}, num_layers, expected_encoder, path)
+    word = encoder["embeddings.word.weight"]
+    if decoder is not None and not torch.equal(decoder, word):
+        raise ValueError(
+            f"{path}: cls.predictions.decoder.weight differs from the word embeddings; MaskedLM ties them "
+            "(one Parameter) and cannot hold an untied decoder"
+        )
+    return {**{f"encoder.{k}": v for k, v in encoder.items()}, **{o: head[t] for o, t in MLM_HEAD.items()}, "head.decoder.weight": word}
+
+
+def mlm_to_hf(state: dict[str, torch.Tensor], num_layers: int) -> dict[str, torch.Tensor]:
+    """Our MaskedLM's state dict -> BertForMaskedLM names, without the tied decoder weight, as `transformers` saves it."""
+    encoder = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+    return {**{f"bert.{k}": v for k, v in to_hf(encoder, num_layers).items()}, **{t: state[o] for o, t in MLM_HEAD.items()}}

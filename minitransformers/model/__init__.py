@@ -1,6 +1,7 @@
-"""The BERT-family encoder: attention, layers, pooling and the sequence classifier head."""
+"""The BERT-family encoder: attention, layers, pooling, the sequence classifier and the masked-LM head."""
 
 from .encoder import Encoder, EncoderLayer, Pooler
 from .heads import SequenceClassifier, mean_pool, sentence_embedding
+from .mlm import MaskedLM, MLMHead
 
-__all__ = ["Encoder", "EncoderLayer", "Pooler", "SequenceClassifier", "mean_pool", "sentence_embedding"]
+__all__ = ["Encoder", "EncoderLayer", "Pooler", "SequenceClassifier", "MaskedLM", "MLMHead", "mean_pool", "sentence_embedding"]

@@ -123,9 +123,13 @@ class Encoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **config_overrides) -> Encoder:
-        """Load an HF BERT folder (config.json + model.safetensors or pytorch_model.bin), strictly."""
+        """Load an HF BERT folder (config.json + model.safetensors or pytorch_model.bin), strictly. A folder of
+        a model with a head (BertForMaskedLM, BertForSequenceClassification) holds the encoder under `bert.`:
+        that part loads, and the head is left out, as when fine-tuning starts from a pretrained checkpoint."""
         config = EncoderConfig.from_json(Path(path) / "config.json", **config_overrides)
         hf_state = hf.read_weights(path)
+        if any(k.startswith("bert.") for k in hf_state):
+            hf_state = {k: v for k, v in hf_state.items() if k.startswith("bert.")}
         model = cls(config, add_pooler=hf.has_pooler(hf_state))
         model.load_state_dict(hf.to_ours(hf_state, config.num_layers, model.state_dict(), path))
         return model
