@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from minitransformers.text.collate import BatchSampler, Encoded, collate
+from minitransformers.text.collate import BatchSampler, Encoded, collate, pack_sequences
 
 
 def random_lengths(n=1000, seed=0):
@@ -53,3 +53,11 @@ def test_unshuffled_batches_are_in_order():
     assert BatchSampler([1] * 5, 2, shuffle=False).batches(0) == [[0, 1], [2, 3], [4]]
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         BatchSampler([1], 0)
+
+
+def test_pack_sequences_cuts_the_stream_into_full_sequences():
+    docs = [list(range(10, 10 + n)) for n in (3, 7, 1, 9)]  # 20 tokens
+    packed = pack_sequences(docs, length=8, cls_id=1, sep_id=2)
+    assert [len(s) for s in packed] == [8, 8, 8]  # 3 × 6 tokens; the 2 left over are dropped
+    assert all(s[0] == 1 and s[-1] == 2 for s in packed)
+    assert [t for s in packed for t in s[1:-1]] == [t for d in docs for t in d][:18]

@@ -16,7 +16,7 @@ batch so that bucketing and sharding compose).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 
@@ -52,6 +52,15 @@ def collate(items: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
         batch["attention_mask"][row, :n] = 1
         batch["token_type_ids"][row, :n] = torch.tensor(item.token_type_ids)
     return batch
+
+
+def pack_sequences(token_lists: Iterable[list[int]], length: int, cls_id: int, sep_id: int) -> list[list[int]]:
+    """Concatenate the documents' tokens into one stream and cut it into `length`-token sequences
+    [CLS] + length − 2 tokens + [SEP], dropping the short tail (as HF's run_mlm `group_texts` does). Every
+    position then carries text, so pretraining spends no compute on padding."""
+    stream = [token for ids in token_lists for token in ids]
+    body = length - 2
+    return [[cls_id, *stream[i : i + body], sep_id] for i in range(0, len(stream) - body + 1, body)]
 
 
 class BatchSampler:

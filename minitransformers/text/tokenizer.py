@@ -83,15 +83,15 @@ class Tokenizer:
         return self.tokenizer.token_to_id(token)
 
     def encode(
-        self, texts: Sequence[str], pairs: Sequence[str] | None = None, max_length: int = 512, truncation: bool = True
+        self, texts: Sequence[str], pairs: Sequence[str] | None = None, max_length: int = 512, truncation: bool = True, special_tokens: bool = True
     ) -> list[tuple[list[int], list[int]]]:
-        """Unpadded (input_ids, token_type_ids) per text, with [CLS]/[SEP] added; for datasets and collate."""
+        """Unpadded (input_ids, token_type_ids) per text, with [CLS]/[SEP] added unless special_tokens=False."""
         if pairs is not None and len(pairs) != len(texts):
             raise ValueError(f"got {len(texts)} texts but {len(pairs)} pairs; pass one pair per text")
         if truncation:
             self.tokenizer.enable_truncation(max_length)
         inputs = list(texts) if pairs is None else list(zip(texts, pairs))
-        encodings = self.tokenizer.encode_batch(inputs)
+        encodings = self.tokenizer.encode_batch(inputs, add_special_tokens=special_tokens)
         self.tokenizer.no_truncation()
         return [(e.ids, e.type_ids) for e in encodings]
 
