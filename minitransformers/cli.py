@@ -76,6 +76,38 @@ def cmd_predict(args) -> None:
         print(json.dumps(row) if args.json else f"{row['label']}\t{row['probability']:.4f}\t{text}")
 
 
+def cmd_pretrain(args) -> None:
+    from .train.pretrain import pretrain
+
+    metrics = pretrain(args)
+    if args.json and metrics:
+        print(json.dumps(metrics))
+
+
+def cmd_fill_mask(args) -> None:
+    from .model import MaskedLM
+    from .text.tokenizer import Tokenizer
+
+    model = MaskedLM.from_pretrained(args.model).to(args.device).eval()
+    tokenizer = Tokenizer.from_pretrained(args.model)
+    mask_id = tokenizer.token_to_id("[MASK]")
+    for text in args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]:
+        batch = {k: v.to(args.device) for k, v in tokenizer([text], max_length=args.max_length).items()}
+        masked = batch["input_ids"] == mask_id  # (1, T)
+        if not masked.any():
+            sys.exit(f"error: no [MASK] token in {text!r}")
+        with torch.no_grad():
+            probs = model(**batch, positions=masked).float().softmax(-1)  # (masks, V)
+        top = probs.topk(args.top_k, dim=-1)
+        fills = [[{"token": tokenizer.decode([i], skip_special_tokens=False), "probability": round(float(p), 4)} for p, i in zip(ps, ids)] for ps, ids in zip(*top)]
+        if args.json:
+            print(json.dumps({"text": text, "masks": fills}))
+            continue
+        print(text)
+        for k, fill in enumerate(fills, 1):
+            print(f"  [MASK] {k}: " + "  ".join(f"{f['token']} {f['probability']:.4f}" for f in fill))
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="an HF BERT folder, e.g. data/minilm (fetch minilm first)")
     p.add_argument("--device", default=default_device(), help="torch device (default: cuda if available, else cpu)")
@@ -117,7 +149,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per text")
     p.add_argument("texts", nargs="*", metavar="TEXT")
     p.set_defaults(run=cmd_predict)
+
+    p = sub.add_parser("pretrain", help="pretrain an encoder from scratch with masked language modeling", description="MLM pretraining on WikiText-2 from random initialisation: trains a WordPiece tokenizer on the training split, packs the text into fixed-length sequences, masks 15%% of the tokens (80/10/10) and trains. Writes metrics.jsonl, checkpoint.pt, the best model (an HF BertForMaskedLM folder with its tokenizer) and metrics.json (validation loss, masked-token accuracy, perplexity, unigram entropy) into --out.")
+    add_pretrain_args(p)
+    p.set_defaults(run=cmd_pretrain)
+
+    p = sub.add_parser("fill-mask", help="print the most likely tokens for each [MASK] in a text", description="Top-k predictions with their probabilities at each [MASK] of each text (arguments, else lines of stdin).")
+    p.add_argument("--model", required=True, help="a folder written by pretrain (or any HF BertForMaskedLM folder)")
+    p.add_argument("--device", default=default_device(), help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--top-k", type=int, default=5, help="predictions per [MASK] (default: 5)")
+    p.add_argument("--max-length", type=int, default=512, help="truncate texts to this many tokens (default: 512)")
+    p.add_argument("--json", action="store_true", help="one JSON object per text")
+    p.add_argument("texts", nargs="*", metavar="TEXT")
+    p.set_defaults(run=cmd_fill_mask)
     return parser
+
+
+def add_pretrain_args(p: argparse.ArgumentParser) -> None:
+    from .config import SIZES
+
+    p.add_argument("--data", default="wikitext2", choices=("wikitext2",), help="the pretraining text (default: wikitext2; fetch it first)")
+    p.add_argument("--size", default="small", choices=SIZES, help="tiny: 2 layers × 128, small: 4 × 256, base: 12 × 768 (default: small)")
+    p.add_argument("--steps", type=int, required=True, help="optimizer steps")
+    p.add_argument("--out", required=True, help="run folder: metrics, checkpoint, tokenizer and the best model")
+    p.add_argument("--seq-length", type=int, default=128, help="tokens per packed sequence, [CLS] and [SEP] included (default: 128)")
+    p.add_argument("--vocab-size", type=int, default=8192, help="WordPiece vocabulary learned on the training split (default: 8192)")
+    p.add_argument("--mask-probability", type=float, default=0.15, help="fraction of tokens selected for prediction (default: 0.15)")
+    p.add_argument("--whole-word", action="store_true", help="select all pieces of a word together (whole-word masking)")
+    p.add_argument("--batch-size", type=int, default=64, help="global batch of sequences (default: 64)")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-steps per optimizer step (default: 1)")
+    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default: 5e-4, for small models from scratch)")
+    p.add_argument("--warmup", type=float, default=0.06, help="fraction of the steps for linear warmup (default: 0.06)")
+    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW decay, not applied to biases and LayerNorm (default: 0.01)")
+    p.add_argument("--eval-every", type=int, default=0, help="evaluate and checkpoint every N steps (default: 0, at the end)")
+    p.add_argument("--seed", type=int, default=0, help="seeds initialisation, data order, masking and dropout (default: 0)")
+    p.add_argument("--device", default=default_device(), help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast dtype on CUDA; CPU runs fp32 (default: fp32)")
+    p.add_argument("--resume", action="store_true", help="continue exactly from --out/checkpoint.pt")
+    p.add_argument("--json", action="store_true", help="print the final metrics as one JSON line")
 
 
 def add_finetune_args(p: argparse.ArgumentParser) -> None:

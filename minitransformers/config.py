@@ -15,6 +15,14 @@ from pathlib import Path
 # "gelu_pytorch_tanh" are the tanh approximation of Hendrycks & Gimpel 2016, eq. in section 2.
 GELU_APPROXIMATION = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
 
+# Named sizes for training from scratch: the compact BERTs of Turc et al. 2019 ("Well-Read Students Learn
+# Better": BERT-Tiny L=2/H=128, BERT-Mini L=4/H=256) and BERT-base; FFN 4H, 64 dimensions per head.
+SIZES = {
+    "tiny": dict(num_layers=2, hidden_size=128, num_heads=2, intermediate_size=512),
+    "small": dict(num_layers=4, hidden_size=256, num_heads=4, intermediate_size=1024),
+    "base": dict(num_layers=12, hidden_size=768, num_heads=12, intermediate_size=3072),
+}
+
 # Our field name -> the HF BertConfig key.
 _HF_KEYS = {
     "vocab_size": "vocab_size",

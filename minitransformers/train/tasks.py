@@ -7,6 +7,7 @@ exact mean whatever the batch split: Σ_processes Σ_micro-batches loss_sum / N_
 
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 import torch
@@ -48,3 +49,36 @@ class Classification:
             "accuracy": accuracy(predictions, labels),
             "macro_f1": macro_f1(predictions, labels, self.num_labels),
         }
+
+
+class MaskedLanguageModeling:
+    """BERT's MLM objective (Devlin et al. 2019, section 3.1): cross-entropy of the original token at the
+    selected positions only (labels ≠ -100), scored by loss, masked-token accuracy and perplexity exp(loss)."""
+
+    metrics = ("loss", "accuracy", "perplexity")
+
+    @staticmethod
+    def inputs(batch: dict) -> dict:
+        return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+
+    def count(self, batch: dict) -> int:
+        return int((batch["labels"] != -100).sum())
+
+    def logits_and_targets(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        selected = batch["labels"] != -100  # (B, T)
+        logits = model(**self.inputs(batch), positions=selected)  # (N, V): the vocabulary projection only where it counts
+        return logits.float(), batch["labels"][selected]  # (N, V), (N,)
+
+    def loss_sum(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        return F.cross_entropy(*self.logits_and_targets(model, batch), reduction="sum")
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches: Iterable[dict]) -> dict[str, float]:
+        total, correct, n = 0.0, 0, 0
+        for batch in batches:
+            logits, targets = self.logits_and_targets(model, batch)
+            total += F.cross_entropy(logits, targets, reduction="sum").item()
+            correct += int((logits.argmax(-1) == targets).sum())
+            n += targets.numel()
+        loss = total / max(1, n)
+        return {"loss": loss, "accuracy": correct / max(1, n), "perplexity": math.exp(min(loss, 50.0))}

@@ -58,11 +58,16 @@ class TrainConfig:
 
 
 class Trainer:
-    def __init__(self, model: nn.Module, task, train_set: Sequence, eval_set: Sequence, collate: Callable, lengths: Sequence[int], config: TrainConfig, world: World = World()):
+    def __init__(
+        self, model: nn.Module, task, train_set: Sequence, eval_set: Sequence, collate: Callable, lengths: Sequence[int], config: TrainConfig,
+        world: World = World(), eval_collate: Callable | None = None,
+    ):  # fmt: skip
+        """collate: a list of train_set items -> a batch of tensors; eval_collate (default: collate) does it for
+        the evaluation items, e.g. when they were prepared once, such as fixed MLM masks."""
         if config.precision != "fp32" and world.device.type != "cuda":
             raise ValueError(f"precision {config.precision!r} needs CUDA; on {world.device.type} use fp32")
         self.model, self.task, self.config, self.world = model.to(world.device), task, config, world
-        self.train_set, self.eval_set, self.collate = train_set, eval_set, collate
+        self.train_set, self.eval_set, self.collate, self.eval_collate = train_set, eval_set, collate, eval_collate or collate
         self.out = Path(config.out)
         self.sampler = BatchSampler(lengths, config.batch_size, bucket=config.bucket, seed=config.seed)
         self.steps_per_epoch = len(self.batches(0)) // config.grad_accum
@@ -115,7 +120,7 @@ class Trainer:
         """The task's metrics on `examples`, for the model being trained or another one (e.g. the best saved)."""
         model = (model or unwrap(self.ddp)).eval()
         size = self.config.eval_batch_size
-        batches = (self.to_device(self.collate(examples[i : i + size])) for i in range(0, len(examples), size))
+        batches = (self.to_device(self.eval_collate(examples[i : i + size])) for i in range(0, len(examples), size))
         with self.autocast():
             return self.task.evaluate(model, batches)
 

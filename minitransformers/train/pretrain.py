@@ -1,0 +1,97 @@
+"""Masked-language-model pretraining from scratch on WikiText-2, behind `python -m minitransformers pretrain`.
+
+Devlin et al. 2019, section 3.1 and appendix A.2, at small scale:
+  1. learn a WordPiece vocabulary on the training text (`train_wordpiece`);
+  2. concatenate the text and cut it into [CLS] … [SEP] sequences of one length (`pack_sequences`);
+  3. train an encoder from random initialisation to predict 15% masked tokens (80% [MASK], 10% random,
+     10% unchanged), with AdamW, warmup and linear decay.
+Validation uses one fixed masking of the validation split, so every evaluation scores the same positions.
+
+`--size` picks one of config.SIZES (tiny 2 × 128, small 4 × 256, base 12 × 768).
+A model that predicted every masked token from unigram frequencies alone would score a loss of the unigram
+entropy H = −Σ_w p(w) log p(w); the gap below it is what context teaches.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+from ..config import SIZES, EncoderConfig
+from ..model import Encoder, MaskedLM
+from ..text.collate import pack_sequences
+from ..text.datasets import load_wikitext2
+from ..text.masking import MaskingCollator, mask_tokens
+from ..text.sources import data_dir
+from ..text.tokenizer import Tokenizer, train_wordpiece
+from . import checkpoint, distributed
+from .tasks import MaskedLanguageModeling
+from .trainer import TrainConfig, Trainer
+
+def unigram_entropy(sequences: list[list[int]], special: set[int]) -> float:
+    """H = −Σ p log p in nats, p the frequency of each non-special token in `sequences`."""
+    counts = Counter(t for s in sequences for t in s if t not in special)
+    total = sum(counts.values())
+    return -sum(c / total * math.log(c / total) for c in counts.values())
+
+
+def fixed_masks(sequences: list[list[int]], collator: MaskingCollator, seed: int) -> list[dict]:
+    """Mask the (equal-length) sequences once, with their own generator: the evaluation set."""
+    ids = torch.tensor(sequences)  # (N, T)
+    special = torch.isin(ids, torch.tensor(sorted(collator.special_ids)))
+    word_starts = ~collator.continuation[ids] if collator.whole_word else None  # (N, T)
+    generator = torch.Generator().manual_seed(seed)
+    inputs, labels = mask_tokens(ids, special, collator.vocab_size, collator.mask_id, collator.probability, word_starts, generator)
+    return [{"input_ids": x, "labels": y} for x, y in zip(inputs, labels)]
+
+
+def stack(items: list[dict]) -> dict[str, torch.Tensor]:
+    input_ids = torch.stack([item["input_ids"] for item in items])  # (B, T), no padding: sequences are packed
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "token_type_ids": torch.zeros_like(input_ids),
+            "labels": torch.stack([item["labels"] for item in items])}  # fmt: skip
+
+
+def pretrain(args) -> dict:
+    """Run from parsed `pretrain` arguments; returns the final metrics (on the main process)."""
+    world = distributed.init(args.device)
+    checkpoint.seed_everything(args.seed)
+    out = Path(args.out)
+    if args.resume and (out / "tokenizer.json").is_file():
+        tokenizer = Tokenizer.from_pretrained(out)
+    else:
+        tokenizer = train_wordpiece([data_dir("wikitext2") / "train.raw"], vocab_size=args.vocab_size)
+    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    sequences = {}
+    for split in ("train", "validation"):
+        encoded = tokenizer.encode(load_wikitext2(split), truncation=False, special_tokens=False)
+        sequences[split] = pack_sequences((ids for ids, _ in encoded), args.seq_length, cls_id, sep_id)
+
+    config = EncoderConfig(vocab_size=tokenizer.vocab_size, max_position_embeddings=args.seq_length, **SIZES[args.size])
+    model = MaskedLM(Encoder(config, add_pooler=False))
+    collator = MaskingCollator.for_tokenizer(tokenizer, probability=args.mask_probability, whole_word=args.whole_word)
+    options = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    train_config = TrainConfig(**options, max_steps=args.steps, metric="loss", bucket=False)
+    trainer = Trainer(
+        model, MaskedLanguageModeling(), sequences["train"], fixed_masks(sequences["validation"], collator, args.seed),
+        collator, [args.seq_length] * len(sequences["train"]), train_config, world, eval_collate=stack,
+    )  # fmt: skip
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        tokenizer.save_pretrained(out)
+    result = trainer.fit(resume=args.resume)
+
+    metrics = {}
+    if world.is_main:  # the best checkpoint, as saved, on the fixed validation masks
+        best = MaskedLM.from_pretrained(out).to(world.device)
+        metrics.update({f"validation_{k}": v for k, v in trainer.evaluate(trainer.eval_set, best).items()})
+        metrics["unigram_entropy"] = unigram_entropy(sequences["train"], {cls_id, sep_id})
+        metrics.update(result, size=args.size, parameters=sum(p.numel() for p in model.parameters()), vocab_size=tokenizer.vocab_size,
+                       train_sequences=len(sequences["train"]), seq_length=args.seq_length, device=str(world.device), world_size=world.size)  # fmt: skip
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    distributed.shutdown(world)
+    return metrics

@@ -1,0 +1,76 @@
+"""MLM pretraining end to end on the real WikiText-2 (a tiny model, a few steps), the MLM task's loss, and the
+fill-mask command. The saved folder is an HF BertForMaskedLM that transformers loads with the same logits."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import fetched
+from minitransformers.cli import main
+from minitransformers.model import MaskedLM
+from minitransformers.text.tokenizer import Tokenizer
+from minitransformers.train.pretrain import unigram_entropy
+from minitransformers.train.tasks import MaskedLanguageModeling
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    fetched("wikitext2")
+    out = tmp_path_factory.mktemp("mlm")
+    argv = ["pretrain", "--size", "tiny", "--steps", "40", "--batch-size", "16", "--seq-length", "64", "--vocab-size", "2000",
+            "--lr", "2e-3", "--eval-every", "20", "--device", "cpu", "--out", str(out)]  # fmt: skip
+    main(argv)
+    return out
+
+
+def test_pretraining_learns_beyond_a_uniform_guess_and_reports_its_metrics(run):
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == 40 and metrics["vocab_size"] == 2000
+    assert metrics["validation_loss"] < math.log(2000) - 1.0  # a uniform guess scores log V; 40 steps learn frequencies
+    assert metrics["validation_perplexity"] == pytest.approx(math.exp(metrics["validation_loss"]))
+    assert 0 < metrics["unigram_entropy"] < math.log(2000)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "validation_loss" in r] == [20, 40]
+
+
+def test_saved_model_loads_in_transformers_with_the_same_logits_and_tied_weights(run):
+    ours = MaskedLM.from_pretrained(run).eval()
+    theirs = transformers.BertForMaskedLM.from_pretrained(run).eval()
+    assert theirs.cls.predictions.decoder.weight.data_ptr() == theirs.bert.embeddings.word_embeddings.weight.data_ptr()
+    batch = Tokenizer.from_pretrained(run)(["the game was released in japan", "he played for the club"])
+    with torch.no_grad():
+        assert (ours(**batch) - theirs(**batch).logits).abs().max() <= 1e-4
+
+
+def test_mlm_loss_counts_only_selected_positions():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 11)
+    labels = torch.full((2, 5), -100)
+    labels[0, 1], labels[1, 3] = 4, 7
+    model = lambda input_ids, attention_mask, token_type_ids, positions: logits[positions]  # noqa: E731
+    batch = {"input_ids": torch.randint(0, 11, (2, 5)), "attention_mask": torch.ones(2, 5), "token_type_ids": torch.zeros(2, 5), "labels": labels}
+    task = MaskedLanguageModeling()
+    expected = -(logits[0, 1].log_softmax(-1)[4] + logits[1, 3].log_softmax(-1)[7])
+    assert task.count(batch) == 2
+    assert task.loss_sum(model, batch) == pytest.approx(expected.item(), abs=1e-5)
+
+
+def test_unigram_entropy_of_a_known_distribution():
+    """Tokens 5, 5, 6, 6, 6, 6 (the specials 1 and 2 left out): p = (1/3, 2/3)."""
+    expected = -(1 / 3 * math.log(1 / 3) + 2 / 3 * math.log(2 / 3))
+    assert unigram_entropy([[1, 5, 5, 6, 2], [1, 6, 6, 6, 2]], special={1, 2}) == pytest.approx(expected, abs=1e-12)
+
+
+def test_fill_mask_prints_top_k_tokens_with_probabilities(run, capsys):
+    main(["fill-mask", "--model", str(run), "--device", "cpu", "--top-k", "3", "--json", "the [MASK] of the city", "a [MASK] and a [MASK]"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [len(r["masks"]) for r in rows] == [1, 2]
+    for fills in (f for r in rows for f in r["masks"]):
+        probabilities = [f["probability"] for f in fills]
+        assert len(fills) == 3 and probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1.0001
+    with pytest.raises(SystemExit, match="no \\[MASK\\] token"):
+        main(["fill-mask", "--model", str(run), "--device", "cpu", "no mask here"])
