@@ -30,7 +30,7 @@ def cmd_embed(args) -> None:
     from .sentence import embed
 
     encoder, tokenizer = load_model(args.model, args.device)
-    texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    texts = read_texts(args)
     for vector in embed(encoder, tokenizer, texts, args.batch_size, args.max_length).tolist():
         print(json.dumps([round(x, args.digits) for x in vector]))
 
@@ -52,6 +52,11 @@ def cmd_search(args) -> None:
             print(f"{hit['rank']:>3}  {hit['score']:.4f}  {hit['text']}")
 
 
+def read_texts(args) -> list[str]:
+    """The TEXT arguments, else the non-empty lines of stdin."""
+    return args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+
+
 def cmd_finetune(args) -> None:
     from .train.finetune import finetune
 
@@ -66,7 +71,7 @@ def cmd_predict(args) -> None:
 
     model = SequenceClassifier.from_pretrained(args.model).to(args.device).eval()
     tokenizer = Tokenizer.from_pretrained(args.model)
-    texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    texts = read_texts(args)
     with torch.no_grad():
         batch = {k: v.to(args.device) for k, v in tokenizer(texts, max_length=args.max_length).items()}
         probs = model(**batch).float().softmax(-1)  # (B, num_labels)
@@ -91,7 +96,7 @@ def cmd_fill_mask(args) -> None:
     model = MaskedLM.from_pretrained(args.model).to(args.device).eval()
     tokenizer = Tokenizer.from_pretrained(args.model)
     mask_id = tokenizer.token_to_id("[MASK]")
-    for text in args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]:
+    for text in read_texts(args):
         batch = {k: v.to(args.device) for k, v in tokenizer([text], max_length=args.max_length).items()}
         masked = batch["input_ids"] == mask_id  # (1, T)
         if not masked.any():

@@ -8,7 +8,7 @@ import torch
 
 from minitransformers import Encoder, EncoderConfig, Tokenizer
 from minitransformers.model import SequenceClassifier
-from test_encoder import save_edited
+from test_encoder import random_batch, save_edited
 
 transformers = pytest.importorskip("transformers")
 
@@ -28,15 +28,6 @@ def hf_classifier(config: EncoderConfig, labels=LABELS):
             if "LayerNorm" in name or name.endswith("bias") or name.startswith("classifier."):
                 p.normal_(mean=1.0 if name.endswith("LayerNorm.weight") else 0.0, std=0.1)
     return model
-
-
-def random_batch(config: EncoderConfig, B=4, T=11):
-    """Random ids, token types, and padding of different lengths per row (one row fully unpadded)."""
-    input_ids = torch.randint(0, config.vocab_size, (B, T))
-    token_type_ids = torch.randint(0, config.type_vocab_size, (B, T))
-    lengths = torch.tensor([T] + torch.randint(1, T, (B - 1,)).tolist())
-    attention_mask = (torch.arange(T)[None, :] < lengths[:, None]).long()  # (B, T)
-    return input_ids, attention_mask, token_type_ids
 
 
 def random_classifier(config: EncoderConfig, **kwargs) -> SequenceClassifier:
