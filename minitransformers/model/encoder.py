@@ -35,12 +35,14 @@ class Embeddings(nn.Module):
         self.norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
-        T = input_ids.size(1)
+    def forward(self, input_ids: torch.Tensor | None, token_type_ids: torch.Tensor, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Word vectors E_word[x], or `inputs_embeds` (B, T, H) given in their place (soft prompts, peft/prompts.py)."""
+        words = self.word(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
+        T = words.size(1)
         if T > self.position.num_embeddings:
             raise ValueError(f"sequence length {T} exceeds max_position_embeddings {self.position.num_embeddings}; truncate the input")
-        positions = torch.arange(T, device=input_ids.device)  # (T,)
-        x = self.word(input_ids) + self.position(positions) + self.token_type(token_type_ids)  # (B, T, H)
+        positions = torch.arange(T, device=words.device)  # (T,)
+        x = words + self.position(positions) + self.token_type(token_type_ids)  # (B, T, H)
         return self.dropout(self.norm(x))
 
 
@@ -105,11 +107,15 @@ class Encoder(nn.Module):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
-        """input_ids (B, T) -> last hidden states (B, T, H). attention_mask: 1 = token, 0 = padding."""
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None) -> torch.Tensor:
+        """input_ids (B, T) -> last hidden states (B, T, H). attention_mask: 1 = token, 0 = padding.
+        `inputs_embeds` (B, T, H) replaces the word-embedding lookup, as in `transformers`."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("give exactly one of input_ids and inputs_embeds")
         if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
-        x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
+            like = input_ids if inputs_embeds is None else inputs_embeds[..., 0]  # (B, T)
+            token_type_ids = torch.zeros(like.shape, dtype=torch.long, device=like.device)
+        x = self.embeddings(input_ids, token_type_ids, inputs_embeds)  # (B, T, H)
         # The mask in the dtype attention computes in (bf16/fp16 under autocast): a mask of another dtype than
         # Q sends F.scaled_dot_product_attention to its slow unfused fallback.
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
