@@ -4,10 +4,16 @@
 2. Record the training and validation MLM loss (JSON; a PNG too when matplotlib is installed) beside the
    unigram entropy of the tokenizer's vocabulary on WikiText-2: the loss of a model that ignores context.
 3. Fine-tune on the Rotten Tomatoes sentiment set from (a) our pretrained encoder, (b) the same architecture
-   at random initialisation, (c) all-MiniLM-L6-v2 for reference; CLS pooling for all three.
+   at random initialisation, (c) all-MiniLM-L6-v2 for reference. The same recipe for all three, with mean
+   pooling: MLM alone (no next-sentence prediction here) gives [CLS] no objective of its own, so its state
+   says little about the sentence, while every token's state is trained.
 
     python experiments/mlm_pretrain.py --profile quick   # about 5 minutes on a 2-core CPU: a smoke run
     python experiments/mlm_pretrain.py --profile full    # longer pretraining, meant for a GPU
+
+The full profile fine-tunes each starting point with 3 seeds, on all the labelled examples and on 1000 of
+them (pretraining is expected to matter most when labels are few). On CUDA the fine-tuning runs go in parallel
+processes: a 5M-parameter model leaves the GPU mostly idle, and each run is bound by its Python loop.
 
 Writes runs/mlm_pretrain_<profile>/ and experiments/results/mlm_pretrain.{json,md} (a section per profile); the last
 line printed is JSON.
@@ -17,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import platform
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -31,9 +39,10 @@ from minitransformers.train.finetune import finetune
 from minitransformers.train.pretrain import pretrain
 
 RESULTS = Path(__file__).resolve().parent / "results"
+FINETUNE = ["--pooling", "mean", "--lr", "1e-4"]  # a small encoder takes a larger step than BERT-base's 2e-5 to 5e-5
 PROFILES = {
-    "quick": {"steps": 150, "batch": 32, "finetune": ["--max-train-examples", "2000", "--epochs", "1", "--max-length", "64"]},
-    "full": {"steps": 6000, "batch": 128, "finetune": ["--epochs", "3", "--max-length", "128"]},
+    "quick": {"steps": 150, "batch": 32, "seeds": [0], "train_examples": [2000], "finetune": [*FINETUNE, "--epochs", "1", "--max-length", "64"]},
+    "full": {"steps": 16000, "batch": 128, "seeds": [0, 1, 2], "train_examples": [0, 1000], "finetune": [*FINETUNE, "--epochs", "3", "--max-length", "128"]},
 }
 
 
@@ -68,13 +77,18 @@ def main() -> None:
     parser.add_argument("--profile", choices=PROFILES, default="quick")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default="bf16" if torch.cuda.is_available() else "fp32")
+    parser.add_argument("--pretrained", type=Path, help="reuse this finished `pretrain` run folder instead of pretraining again")
+    parser.add_argument("--seeds", type=int, nargs="+", help="fine-tuning seeds (default: the profile's)")
     args = parser.parse_args()
     profile, root = PROFILES[args.profile], Path("runs") / f"mlm_pretrain_{args.profile}"
     common = ["--device", args.device, "--precision", args.precision]
 
-    mlm = root / "mlm"
-    pretrained = pretrain(build_parser().parse_args(["pretrain", "--size", "small", "--steps", str(profile["steps"]), "--batch-size", str(profile["batch"]),
-                                                    "--eval-every", str(max(1, profile["steps"] // 5)), "--out", str(mlm), *common]))  # fmt: skip
+    mlm = args.pretrained or root / "mlm"
+    if args.pretrained:
+        pretrained = json.loads((mlm / "metrics.json").read_text())
+    else:
+        pretrained = pretrain(build_parser().parse_args(["pretrain", "--size", "small", "--steps", str(profile["steps"]), "--batch-size", str(profile["batch"]),
+                                                        "--eval-every", str(max(1, profile["steps"] // 5)), "--out", str(mlm), *common]))  # fmt: skip
     loss = curves(mlm)
     random_init = root / "random_init"  # the same architecture and tokenizer, never trained
     torch.manual_seed(0)
@@ -84,14 +98,26 @@ def main() -> None:
     starts = [("pretrained here (MLM)", mlm), ("random initialisation", random_init)]
     if is_fetched("minilm"):  # the reference row; its 90 MB do not travel to every machine
         starts.append(("all-MiniLM-L6-v2", data_dir("minilm")))
+    seeds = args.seeds or profile["seeds"]  # a seed draws the head, the data order and dropout
+    jobs = [  # (start, labelled examples, seed) -> finetune's argv
+        ((name, n, seed), ["finetune", "--model", str(model), "--data", "sentiment", "--out", str(root / f"ft_{model.name}_n{n}_seed{seed}"),
+                           "--seed", str(seed), "--max-train-examples", str(n), *common, *profile["finetune"]])
+        for name, model in starts for n in profile["train_examples"] for seed in seeds
+    ]  # fmt: skip
+    workers = len(jobs) if args.device.startswith("cuda") else 1
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        results = dict(zip((key for key, _ in jobs), pool.map(run_finetune, (argv for _, argv in jobs))))
     rows = []
-    for name, model in starts:
-        argv = ["finetune", "--model", str(model), "--data", "sentiment", "--out", str(root / f"ft_{model.name}"), "--pooling", "cls", *common, *profile["finetune"]]
-        metrics = finetune(build_parser().parse_args(argv))
-        rows.append({"start": name, "test_accuracy": metrics["test_accuracy"], "validation_accuracy": metrics["validation_accuracy"]})
+    for name, _ in starts:
+        for n in profile["train_examples"]:
+            runs = [results[name, n, seed] for seed in seeds]
+            test = torch.tensor([r["test_accuracy"] for r in runs], dtype=torch.float64)
+            rows.append({"start": name, "train_examples": runs[0]["train_examples"], "test_accuracy": test.mean().item(),
+                         "test_accuracy_std": test.std().item() if len(runs) > 1 else 0.0, "test_accuracy_per_seed": test.tolist(),
+                         "validation_accuracy": sum(r["validation_accuracy"] for r in runs) / len(runs)})  # fmt: skip
 
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
-    report = {"profile": args.profile, "pretraining": pretrained, "loss": loss, "finetune": rows, "device_name": device, "torch": torch.__version__}
+    report = {"profile": args.profile, "pretrained_from": str(args.pretrained) if args.pretrained else None, "finetune_args": profile["finetune"], "pretraining": pretrained, "loss": loss, "finetune": rows, "device_name": device, "torch": torch.__version__}
     RESULTS.mkdir(parents=True, exist_ok=True)
     report["png"] = plot(loss, pretrained["unigram_entropy"], RESULTS / f"mlm_pretrain_{args.profile}.png")
     path = RESULTS / "mlm_pretrain.json"  # one entry per profile; the markdown is rendered from it
@@ -102,12 +128,18 @@ def main() -> None:
     print(json.dumps(report["finetune"]))
 
 
+def run_finetune(argv: list[str]) -> dict:
+    """One fine-tuning run, in a worker process (the `spawn` start method, as CUDA requires)."""
+    return finetune(build_parser().parse_args(argv))
+
+
 def render(r: dict) -> str:
     p = r["pretraining"]
     lines = [
         f"# MLM pretraining on WikiText-2, {r['profile']} profile: does it help?",
         "",
-        f"Command: `python experiments/mlm_pretrain.py --profile {r['profile']}`; device {r['device_name']}, torch {r['torch']}.",
+        f"Command: `python experiments/mlm_pretrain.py --profile {r['profile']}`; device {r['device_name']}, torch {r['torch']}"
+        + (f"; pretraining reused from `{r['pretrained_from']}` (its own run, same profile)." if r.get("pretrained_from") else "."),
         f"Pretraining: `small` encoder ({p['parameters']:,} parameters), vocabulary {p['vocab_size']}, {p['train_sequences']} sequences of "
         f"{p['seq_length']} tokens, {p['steps']} steps, {p['train_seconds']:.0f} s.",
         "",
@@ -115,11 +147,12 @@ def render(r: dict) -> str:
         "|---|---|---|---|",
         f"| {p['validation_loss']:.3f} | {p['unigram_entropy']:.3f} | {p['validation_accuracy']:.4f} | {p['validation_perplexity']:.1f} |",
         "",
-        "Sentiment fine-tuning (CLS pooling, the same recipe for all three):",
+        f"Sentiment fine-tuning, the same recipe for all three: `finetune {' '.join(r.get('finetune_args', ['--pooling', 'cls']))}`.",
         "",
-        "| starting point | test accuracy | validation accuracy |",
-        "|---|---|---|",
-        *[f"| {row['start']} | {row['test_accuracy']:.4f} | {row['validation_accuracy']:.4f} |" for row in r["finetune"]],
+        "| starting point | labelled examples | test accuracy (mean ± std over seeds) | per seed | validation accuracy (mean) |",
+        "|---|---|---|---|---|",
+        *[f"| {row['start']} | {row['train_examples']} | {row['test_accuracy']:.4f} ± {row['test_accuracy_std']:.4f} "
+          f"| {', '.join(f'{a:.4f}' for a in row['test_accuracy_per_seed'])} | {row['validation_accuracy']:.4f} |" for row in r["finetune"]],
         "",
         f"![MLM loss](mlm_pretrain_{r['profile']}.png)" if r["png"] else "The loss curves are in mlm_pretrain.json (install matplotlib for the plot).",
         "",
