@@ -3,6 +3,7 @@ padding, the packed path, what trains, initialisation, gradients, saving, and me
 
 import copy
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from tokenizers import models
 
 from minitransformers import Encoder, EncoderConfig, Tokenizer
 from minitransformers.model import SequenceClassifier
+from minitransformers.model.attention import padding_bias
 from minitransformers.peft.common import count_parameters, load_trainable_state_dict, trainable_state_dict
 from minitransformers.peft.prompts import PrefixMLP, PrefixTable, add_prefix_tuning, add_prompt_tuning, merge_prefix
 from minitransformers.text.tokenizer import SPECIAL_TOKENS, add_bert_template, bert_pipeline
@@ -282,3 +284,40 @@ def test_bad_options_fail_naming_the_fix():
         add_prefix_tuning(classifier(), reparameterize=False, projection_dim=64)
     with pytest.raises(TypeError, match="expected a model with an Encoder at `.encoder`"):
         add_prompt_tuning(Encoder(CONFIG))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Zero prefixes
+
+
+def test_zero_prefixes_are_not_the_identity_they_scale_each_head_by_Z_over_Z_plus_n():
+    """Li & Liang 2021, section 4.2: the prefix's activations are free parameters, here each layer's n keys and
+    values. Setting them to zero does not give back the base model, as LoRA's B = 0 or an adapter's W_up = 0 do:
+    a zero key scores q_i·0 = 0, so each of the n prefix keys still takes softmax weight e⁰ = 1 next to the real
+    keys' Z_i = Σ_j exp(q_i·k_j/√d), and a zero value adds nothing. Each head's output for query i is the base's
+    times Z_i / (Z_i + n) < 1: attention to the real tokens is diluted, and the logits change."""
+    base = classifier()
+    with torch.no_grad():
+        torch.nn.init.normal_(base.classifier.weight)  # std 1, so that a change in the pooled vector shows in the logits
+    model = add_prefix_tuning(copy.deepcopy(base), N, reparameterize=False)
+    with torch.no_grad():
+        model.encoder.prefix.table.zero_()  # P_k = P_v = 0 in every layer
+    attention = model.encoder.layers[0].attention  # PrefixSelfAttention; `.base` is the SelfAttention it wraps
+    ids, mask, types = random_batch(CONFIG)
+    B, T = mask.shape
+    x = torch.randn(B, T, CONFIG.hidden_size)  # (B, T, H)
+    bias = padding_bias(mask, x.dtype)  # (B, 1, 1, T)
+    heads = []  # the input of the shared output projection W_O, the heads side by side: (B, T, H) per call
+    hook = attention.base.out.register_forward_hook(lambda module, inputs, output: heads.append(inputs[0]))
+    with torch.no_grad():
+        attention.base(x, bias)  # heads[0]: softmax(Q Kᵀ/√d + M) V
+        attention(x, bias)  # heads[1]: the same with n zero keys and n zero values in front
+        hook.remove()
+        y_base, y_prefix = (y.view(B, T, CONFIG.num_heads, CONFIG.head_dim).transpose(1, 2) for y in heads)  # (B, nh, T, hd)
+        q, k = attention.base.split_heads(attention.base.query(x)), attention.base.split_heads(attention.base.key(x))  # (B, nh, T, hd)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(CONFIG.head_dim) + bias  # (B, nh, T, T); padding keys get exp(min) = 0
+        log_Z = scores.logsumexp(dim=-1, keepdim=True)  # (B, nh, T, 1): log Z_i, computed with the max subtracted
+        ratio = 1 / (1 + N * torch.exp(-log_Z))  # Z_i / (Z_i + n·e⁰)
+        assert (y_prefix - ratio * y_base).abs().max() <= 1e-6  # every query, real or padding: the mask acts on keys
+        assert (y_prefix - y_base).abs().max() > 1e-2
+        assert (model(ids, mask, types) - base(ids, mask, types)).abs().max() > 1e-3  # rounding alone moves them ~1e-7
