@@ -23,9 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
-import platform
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -35,8 +32,9 @@ from minitransformers.config import EncoderConfig
 from minitransformers.model import Encoder
 from minitransformers.text.sources import data_dir, is_fetched
 from minitransformers.text.tokenizer import Tokenizer
-from minitransformers.train.finetune import finetune
 from minitransformers.train.pretrain import pretrain
+
+from common import device_name, reference_name, run_all
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FINETUNE = ["--pooling", "mean", "--lr", "1e-4"]  # a small encoder takes a larger step than BERT-base's 2e-5 to 5e-5
@@ -112,9 +110,7 @@ def main() -> None:
                            "--seed", str(seed), "--max-train-examples", str(n), *common, *profile["finetune"]])
         for name, model in starts for n in profile["train_examples"] for seed in seeds
     ]  # fmt: skip
-    workers = len(jobs) if args.device.startswith("cuda") else 1
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        results = dict(zip((key for key, _ in jobs), pool.map(run_finetune, (argv for _, argv in jobs))))
+    results = dict(zip((key for key, _ in jobs), run_all([argv for _, argv in jobs], len(jobs) if args.device.startswith("cuda") else 1)))
     rows = []
     for name, _ in starts:
         for n in profile["train_examples"]:
@@ -124,7 +120,7 @@ def main() -> None:
                          "test_accuracy_std": test.std().item() if len(runs) > 1 else 0.0, "test_accuracy_per_seed": test.tolist(),
                          "validation_accuracy": sum(r["validation_accuracy"] for r in runs) / len(runs)})  # fmt: skip
 
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+    device = device_name(args.device)
     report = {"profile": args.profile, "pretrained_from": str(args.pretrained) if args.pretrained else None, "finetune_args": profile["finetune"], "pretraining": pretrained, "loss": loss, "finetune": rows, "device_name": device, "torch": torch.__version__}
     RESULTS.mkdir(parents=True, exist_ok=True)
     report["png"] = plot(loss, pretrained["unigram_entropy"], RESULTS / f"mlm_pretrain_{args.profile}.png")
@@ -134,18 +130,6 @@ def main() -> None:
     (RESULTS / "mlm_pretrain.md").write_text("\n".join(render(reports[k]) for k in sorted(reports)))
     print(f"validation MLM loss {pretrained['validation_loss']:.3f} nats; unigram entropy {pretrained['unigram_entropy']:.3f} nats")
     print(json.dumps(report["finetune"]))
-
-
-def reference_name(path: Path) -> str:
-    """'all-MiniLM-L6-v2', plus what the fetch stamp says after the checksum: a copy of the weights that was
-    rounded to fp16 to travel to a GPU machine says so there, and the table says so too."""
-    note = " ".join((path / ".fetched").read_text().split()[1:])
-    return f"all-MiniLM-L6-v2 ({note})" if note else "all-MiniLM-L6-v2"
-
-
-def run_finetune(argv: list[str]) -> dict:
-    """One fine-tuning run, in a worker process (the `spawn` start method, as CUDA requires)."""
-    return finetune(build_parser().parse_args(argv))
 
 
 def render(r: dict) -> str:

@@ -66,10 +66,10 @@ def cmd_finetune(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from .model import SequenceClassifier
+    from .peft.methods import load_classifier
     from .text.tokenizer import Tokenizer
 
-    model = SequenceClassifier.from_pretrained(args.model).to(args.device).eval()
+    model = load_classifier(args.model).to(args.device).eval()
     tokenizer = Tokenizer.from_pretrained(args.model)
     texts = read_texts(args)
     with torch.no_grad():
@@ -143,12 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("query")
     p.set_defaults(run=cmd_search)
 
-    p = sub.add_parser("finetune", help="fine-tune an encoder with a classification head", description="Full fine-tuning of an HF BERT folder on a classification set. Writes metrics.jsonl, checkpoint.pt, the best model (an HF BertForSequenceClassification folder with its tokenizer) and metrics.json into --out. Several processes: torchrun --nproc_per_node=N -m minitransformers finetune ...")
+    p = sub.add_parser("finetune", help="fine-tune an encoder with a classification head", description="Fine-tune an HF BERT folder on a classification set, in full or with a parameter-efficient --method. Writes metrics.jsonl, checkpoint.pt, the best model and metrics.json (accuracy, trainable and total parameters, train time, peak memory) into --out. The best model is an HF BertForSequenceClassification folder with its tokenizer (full), or adapter.json + adapter.safetensors over the base (other methods; LoRA with pooler pooling also writes peft's format into --out/peft). Several processes: torchrun --nproc_per_node=N -m minitransformers finetune ...")
     add_finetune_args(p)
     p.set_defaults(run=cmd_finetune)
 
     p = sub.add_parser("predict", help="classify texts with a fine-tuned model", description="Print the predicted label and its probability for each text (arguments, else lines of stdin).")
-    p.add_argument("--model", required=True, help="a folder written by finetune (or any HF BertForSequenceClassification folder)")
+    p.add_argument("--model", required=True, help="a folder written by finetune, with any --method (or any HF BertForSequenceClassification folder)")
     p.add_argument("--device", default=default_device(), help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--max-length", type=int, default=512, help="truncate texts to this many tokens (default: 512)")
     p.add_argument("--json", action="store_true", help="one JSON object per text")
@@ -219,6 +219,25 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast dtype on CUDA; CPU runs fp32 (default: fp32)")
     p.add_argument("--resume", action="store_true", help="continue exactly from --out/checkpoint.pt")
     p.add_argument("--json", action="store_true", help="print the final metrics as one JSON line")
+    add_method_args(p)
+
+
+def add_method_args(p: argparse.ArgumentParser) -> None:
+    from .peft.methods import METHODS
+    from .peft.prompts import PROMPT_INITS
+
+    g = p.add_argument_group("method", "what trains (minitransformers/peft/); the base stays frozen except with full")
+    g.add_argument("--method", default="full", choices=METHODS, help="full: every weight; head: a linear probe; bitfit: biases; lora; houlsby / pfeiffer: bottleneck adapters; prompt / prefix: soft prompts (default: full)")
+    g.add_argument("--lora-r", type=int, default=8, help="lora: rank r (default: 8, Hu et al.)")
+    g.add_argument("--lora-alpha", type=float, default=16, help="lora: the update is scaled by alpha / r (default: 16)")
+    g.add_argument("--lora-dropout", type=float, default=0.0, help="lora: dropout on the input of the low-rank path (default: 0)")
+    g.add_argument("--lora-targets", nargs="+", default=["query", "value"], help="lora: adapt the linears whose names end with these (default: query value; all: query key value out up down)")
+    g.add_argument("--reduction-factor", type=float, default=16, help="houlsby / pfeiffer: bottleneck = hidden size / this (default: 16)")
+    g.add_argument("--adapter-layernorm", action=argparse.BooleanOptionalAction, default=None, help="houlsby / pfeiffer: train the LayerNorms too (default: yes for houlsby, no for pfeiffer, as the papers)")
+    g.add_argument("--num-virtual-tokens", type=int, default=20, help="prompt / prefix: number of learned vectors (default: 20)")
+    g.add_argument("--prompt-init", default="vocab", choices=PROMPT_INITS, help="prompt: start from sampled word vectors, random ones, or --prompt-init-text (default: vocab)")
+    g.add_argument("--prompt-init-text", help="prompt: with --prompt-init text, the text whose token vectors start the prompt, e.g. 'negative positive'")
+    g.add_argument("--no-prefix-projection", action="store_true", help="prefix: learn the prefixes directly instead of through the paper's MLP")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -60,14 +60,16 @@ class TrainConfig:
 class Trainer:
     def __init__(
         self, model: nn.Module, task, train_set: Sequence, eval_set: Sequence, collate: Callable, lengths: Sequence[int], config: TrainConfig,
-        world: World = World(), eval_collate: Callable | None = None,
+        world: World = World(), eval_collate: Callable | None = None, save: Callable[[nn.Module, Path], None] | None = None,
     ):  # fmt: skip
         """collate: a list of train_set items -> a batch of tensors; eval_collate (default: collate) does it for
-        the evaluation items, e.g. when they were prepared once, such as fixed MLM masks."""
+        the evaluation items, e.g. when they were prepared once, such as fixed MLM masks. save(model, folder)
+        keeps the best model (default: model.save_pretrained(folder); an adapter method saves only its part)."""
         if config.precision != "fp32" and world.device.type != "cuda":
             raise ValueError(f"precision {config.precision!r} needs CUDA; on {world.device.type} use fp32")
         self.model, self.task, self.config, self.world = model.to(world.device), task, config, world
         self.train_set, self.eval_set, self.collate, self.eval_collate = train_set, eval_set, collate, eval_collate or collate
+        self.save = save or (lambda model, folder: model.save_pretrained(folder))
         self.out = Path(config.out)
         self.sampler = BatchSampler(lengths, config.batch_size, bucket=config.bucket, seed=config.seed)
         self.steps_per_epoch = len(self.batches(0)) // config.grad_accum
@@ -141,7 +143,7 @@ class Trainer:
             self.log({"step": self.state["step"], "epoch": self.state["epoch"], **{f"validation_{k}": v for k, v in metrics.items()}})
             if self.is_better(metrics[self.config.metric]):
                 self.state["best"] = metrics[self.config.metric]
-                unwrap(self.ddp).save_pretrained(self.out)
+                self.save(unwrap(self.ddp), self.out)
             checkpoint.save_atomic(self.checkpoint(busy), self.out / "checkpoint.pt")
         barrier(self.world)
         return self.state["step"]

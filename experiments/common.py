@@ -1,0 +1,36 @@
+"""What the experiments share: naming the device, and running many `finetune` jobs at once."""
+
+from __future__ import annotations
+
+import multiprocessing
+import platform
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+
+from minitransformers.cli import build_parser
+from minitransformers.train.finetune import finetune
+
+
+def device_name(device: str) -> str:
+    return torch.cuda.get_device_name() if device.startswith("cuda") else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def reference_name(path: Path) -> str:
+    """'all-MiniLM-L6-v2', plus what the fetch stamp says after the checksum: a copy of the weights that was
+    rounded to fp16 to travel to a GPU machine says so there, and the tables say so too."""
+    note = " ".join((path / ".fetched").read_text().split()[1:])
+    return f"all-MiniLM-L6-v2 ({note})" if note else "all-MiniLM-L6-v2"
+
+
+def run_finetune(argv: list[str]) -> dict:
+    """One fine-tuning run, in a worker process (the `spawn` start method, as CUDA requires)."""
+    return finetune(build_parser().parse_args(argv))
+
+
+def run_all(argvs: list[list[str]], workers: int) -> list[dict]:
+    """Every `finetune` argv, `workers` processes at a time; the metrics in the order given. A small model
+    leaves a GPU mostly idle, each run being bound by its Python loop, so several share it well."""
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(run_finetune, argvs))

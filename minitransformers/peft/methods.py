@@ -1,0 +1,98 @@
+"""`finetune --method NAME`: every way to fine-tune a classifier, applied, saved and loaded by name.
+
+    full      every weight trains (Devlin et al. 2019)
+    head      the task head alone: a linear probe on frozen features
+    bitfit    biases and the head (bitfit.py)
+    lora      low-rank updates of chosen projections (lora.py)
+    houlsby   two bottleneck adapters per layer, LayerNorms train (adapters.py)
+    pfeiffer  one bottleneck adapter per layer, after the FFN (adapters.py)
+    prompt    learned input vectors (prompts.py, prompt tuning)
+    prefix    learned key/value prefixes in every layer (prompts.py, prefix tuning)
+
+A full fine-tune saves a whole model. Every other method saves only what it trained: `adapter.json` (the
+method, its options, the base model's folder and the head's shape) and `adapter.safetensors` (the trained
+tensors, `common.trainable_state_dict`): kilobytes to a few MB instead of the whole model. `load_classifier`
+rebuilds the model from the base and those two files, whichever kind of folder it is given. Prefix tuning's
+reparameterisation MLP is dropped at save time (Li & Liang section 4.3): the saved prefix is the table P.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+from torch import nn
+
+from ..io.safetensors import load_file, save_file
+from ..model import SequenceClassifier
+from ..text.tokenizer import Tokenizer
+from .adapters import add_adapters
+from .bitfit import add_bitfit
+from .common import load_trainable_state_dict, mark_only_trainable, trainable_state_dict
+from .lora import add_lora
+from .prompts import add_prefix_tuning, add_prompt_tuning, merge_prefix
+
+METHODS = ("full", "head", "bitfit", "lora", "houlsby", "pfeiffer", "prompt", "prefix")
+CONFIG_FILE, WEIGHTS_FILE = "adapter.json", "adapter.safetensors"
+
+
+def apply_method(model: SequenceClassifier, method: str, options: dict, tokenizer: Tokenizer | None = None) -> SequenceClassifier:
+    """Prepare `model` for `method` in place. `options` are the method's keyword arguments (see each add_*);
+    the tokenizer is needed only by prompt tuning's "text" initialisation. Returns the model."""
+    if method == "full":
+        return model
+    if method == "head":
+        return mark_only_trainable(model)
+    if method == "bitfit":
+        return add_bitfit(model)
+    if method == "lora":
+        return add_lora(model, **options)
+    if method in ("houlsby", "pfeiffer"):
+        return add_adapters(model, kind=method, **options)
+    if method == "prompt":
+        return add_prompt_tuning(model, **options, tokenizer=tokenizer)
+    if method == "prefix":
+        return add_prefix_tuning(model, **options)
+    raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+
+
+def save_adapter(model: SequenceClassifier, path: str | Path, method: str, options: dict, base_model: str | Path) -> None:
+    """Write `adapter.json` and `adapter.safetensors` into `path`: what `method` trained, and how to rebuild it."""
+    if method == "full":
+        raise ValueError("a full fine-tune trains every weight; save it with model.save_pretrained")
+    if method == "prefix" and options.get("reparameterize", True):
+        model, options = merge_prefix(copy.deepcopy(model)), {**options, "reparameterize": False, "projection_dim": None}
+    options = {k: v for k, v in options.items() if k != "init_text"}  # the prompt is saved; its init is history
+    config = {
+        "method": method, "options": options, "base_model": str(Path(base_model).resolve()),
+        "labels": model.labels, "pooling": model.pooling, "classifier_dropout": model.dropout.p,
+    }  # fmt: skip
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in trainable_state_dict(model).items()}, path / WEIGHTS_FILE, metadata={"format": "pt"})
+    (path / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+
+
+def load_classifier(path: str | Path) -> SequenceClassifier:
+    """A fine-tuned classifier from its folder: a whole model (`SequenceClassifier.from_pretrained`), or an
+    adapter folder, rebuilt as base model + method + the saved trained tensors."""
+    path = Path(path)
+    if not (path / CONFIG_FILE).is_file():
+        return SequenceClassifier.from_pretrained(path)
+    config = json.loads((path / CONFIG_FILE).read_text())
+    base = Path(config["base_model"])
+    if not base.is_dir():
+        raise FileNotFoundError(f"{path / CONFIG_FILE}: its base model {base} is missing; the adapter needs the model it was trained on")
+    model = SequenceClassifier.from_encoder(base, len(config["labels"]), config["pooling"], labels=config["labels"])
+    model.dropout.p = config["classifier_dropout"]
+    options = config["options"]
+    if config["method"] == "prompt":
+        options = {**options, "init": "random"}  # any start will do: the saved prompt replaces it
+    apply_method(model, config["method"], options)
+    return load_trainable_state_dict(model, load_file(path / WEIGHTS_FILE))
+
+
+def is_adapter(model: nn.Module) -> bool:
+    """True when some parameter of `model` is frozen: a parameter-efficient method prepared it."""
+    return any(not p.requires_grad for p in model.parameters())

@@ -1,0 +1,95 @@
+"""`finetune --method`: every method runs end to end through the CLI, trains only its own parameters, and its
+saved folder (a whole model, or adapter.json + adapter.safetensors over the base) rebuilds the trained model.
+On test_trainer's tiny model and synthetic reviews."""
+
+import json
+
+import pytest
+import torch
+from test_trainer import args, final_weights, tiny  # noqa: F401 (tiny is a fixture)
+
+from minitransformers.cli import main
+from minitransformers.model import SequenceClassifier
+from minitransformers.peft import load_peft
+from minitransformers.peft.methods import METHODS, apply_method, load_classifier
+from minitransformers.text.tokenizer import Tokenizer
+
+OPTIONS = {  # small sizes for a 32-wide model
+    "full": [], "head": [], "bitfit": [], "lora": ["--lora-r", "4", "--lora-targets", "query", "value", "up"],
+    "houlsby": ["--reduction-factor", "8"], "pfeiffer": ["--reduction-factor", "8"],
+    "prompt": ["--num-virtual-tokens", "4", "--max-length", "24"], "prefix": ["--num-virtual-tokens", "4"],
+}  # fmt: skip
+
+
+def batch(tiny) -> dict:  # noqa: F811
+    """Three reviews of different lengths, so that one is padded."""
+    return Tokenizer.from_pretrained(tiny / "model")(["the film was great", "awful plot and a really poor story", "love it"])
+
+
+def trained_model(tiny, out, method: str, ckpt_options: dict) -> SequenceClassifier:  # noqa: F811
+    """The model as it was at the end of training, rebuilt from checkpoint.pt (every tensor, frozen ones too)."""
+    model = SequenceClassifier.from_encoder(tiny / "model", 2, "cls")
+    apply_method(model, method, ckpt_options)
+    model.load_state_dict(final_weights(out))
+    return model.eval()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_trains_only_its_parameters_and_its_folder_rebuilds_the_model(tiny, tmp_path, capsys, method):  # noqa: F811
+    out = tmp_path / method
+    main([*args(tiny, out, "--epochs", "1", "--pooling", "cls", "--method", method, *OPTIONS[method]), "--json"])  # one epoch: one save, at the end
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["method"] == method
+    trainable, total = metrics["trainable_parameters"], metrics["total_parameters"]
+    unused_pooler = 32 * 32 + 32  # H² + H: with CLS pooling the pooler gets no gradient and stays frozen
+    assert (trainable == total - unused_pooler) if method == "full" else (0 < trainable < total / 2)
+    assert metrics["train_seconds"] > 0 and metrics["peak_memory_mb"] > 0
+
+    trained = trained_model(tiny, out, method, {**metrics["method_options"], "init": "random"} if method == "prompt" else metrics["method_options"])
+    loaded = load_classifier(out).eval()
+    b = batch(tiny)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**b), trained(**b), rtol=0, atol=1e-6)  # the prefix MLP, merged, rounds
+    if method != "full":  # every frozen tensor at the end equals the base it started from, bit for bit
+        fresh = apply_method(SequenceClassifier.from_encoder(tiny / "model", 2, "cls"), method, {**metrics["method_options"], "init": "random"} if method == "prompt" else metrics["method_options"])
+        end = final_weights(out)
+        frozen = [name for name, p in fresh.named_parameters() if not p.requires_grad]
+        assert frozen and all(torch.equal(end[name], fresh.state_dict()[name]) for name in frozen)
+        assert (out / "adapter.safetensors").stat().st_size < (tiny / "model" / "model.safetensors").stat().st_size
+
+
+def test_lora_with_the_pooler_also_writes_peft_format_that_loads_to_the_same_logits(tiny, tmp_path):  # noqa: F811
+    out = tmp_path / "lora"
+    main(args(tiny, out, "--epochs", "1", "--method", "lora", "--pooling", "pooler"))
+    ours = load_classifier(out).eval()
+    via_peft = load_peft(SequenceClassifier.from_encoder(tiny / "model", 2, "pooler"), out / "peft").eval()
+    b = batch(tiny)
+    with torch.no_grad():
+        torch.testing.assert_close(via_peft(**b), ours(**b), rtol=0, atol=1e-6)
+
+
+def test_predict_reads_an_adapter_folder(tiny, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "houlsby"
+    main(args(tiny, out, "--epochs", "1", "--pooling", "cls", "--method", "houlsby", "--reduction-factor", "8"))
+    capsys.readouterr()
+    texts = ["the film was great", "awful plot"]
+    main(["predict", "--model", str(out), "--json", "--device", "cpu", *texts])
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    with torch.no_grad():  # the trained model, rebuilt from its checkpoint: predict must give its probabilities
+        probs = trained_model(tiny, out, "houlsby", {"reduction_factor": 8, "train_layernorm": None})(**Tokenizer.from_pretrained(out)(texts)).softmax(-1)
+    assert [r["label"] for r in rows] == [f"LABEL_{i}" for i in probs.argmax(-1).tolist()]
+    assert [r["probability"] for r in rows] == pytest.approx(probs.max(-1).values.tolist(), abs=1e-4)
+
+
+def test_prompt_longer_than_the_positions_fails_naming_the_fix(tiny, tmp_path):  # noqa: F811
+    with pytest.raises(SystemExit, match="lower --max-length"):
+        main(args(tiny, tmp_path / "p", "--method", "prompt", "--num-virtual-tokens", "8", "--max-length", "30"))
+
+
+def test_an_adapter_folder_without_its_base_fails_naming_both(tiny, tmp_path):  # noqa: F811
+    out = tmp_path / "bitfit"
+    main(args(tiny, out, "--max-steps", "2", "--method", "bitfit"))
+    config = json.loads((out / "adapter.json").read_text())
+    (out / "adapter.json").write_text(json.dumps({**config, "base_model": str(tmp_path / "gone")}))
+    with pytest.raises(FileNotFoundError, match="adapter.json.*gone"):
+        load_classifier(out)
