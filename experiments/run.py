@@ -8,7 +8,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PROFILE = os.environ.get("PROFILE", "quick")
-EXPERIMENTS = [["sts_benchmark.py"], ["finetune_sentiment.py", "--profile", PROFILE], ["mlm_pretrain.py", "--profile", PROFILE]]
+EXPERIMENTS = [
+    ["sts_benchmark.py"],
+    ["finetune_sentiment.py", "--profile", PROFILE],
+    ["mlm_pretrain.py", "--profile", PROFILE],
+    ["peft_compare.py", "--profile", PROFILE],
+]
 
 for script, *args in EXPERIMENTS:
     print(f"== {script} {' '.join(args)}", flush=True)

@@ -22,8 +22,6 @@ import copy
 import json
 from pathlib import Path
 
-from torch import nn
-
 from ..io.safetensors import load_file, save_file
 from ..model import SequenceClassifier
 from ..text.tokenizer import Tokenizer
@@ -57,10 +55,11 @@ def apply_method(model: SequenceClassifier, method: str, options: dict, tokenize
     raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
 
 
-def save_adapter(model: SequenceClassifier, path: str | Path, method: str, options: dict, base_model: str | Path) -> None:
-    """Write `adapter.json` and `adapter.safetensors` into `path`: what `method` trained, and how to rebuild it."""
+def save_finetuned(model: SequenceClassifier, path: str | Path, method: str, options: dict, base_model: str | Path) -> None:
+    """Save what `method` trained into `path`: the whole model for "full"; otherwise `adapter.safetensors`
+    and `adapter.json`, which says how to rebuild the model over `base_model`."""
     if method == "full":
-        raise ValueError("a full fine-tune trains every weight; save it with model.save_pretrained")
+        return model.save_pretrained(path)
     if method == "prefix" and options.get("reparameterize", True):
         model, options = merge_prefix(copy.deepcopy(model)), {**options, "reparameterize": False, "projection_dim": None}
     options = {k: v for k, v in options.items() if k != "init_text"}  # the prompt is saved; its init is history
@@ -91,8 +90,3 @@ def load_classifier(path: str | Path) -> SequenceClassifier:
         options = {**options, "init": "random"}  # any start will do: the saved prompt replaces it
     apply_method(model, config["method"], options)
     return load_trainable_state_dict(model, load_file(path / WEIGHTS_FILE))
-
-
-def is_adapter(model: nn.Module) -> bool:
-    """True when some parameter of `model` is frozen: a parameter-efficient method prepared it."""
-    return any(not p.requires_grad for p in model.parameters())

@@ -19,7 +19,7 @@ import torch
 
 from ..model import SequenceClassifier
 from ..peft.common import count_parameters, parameter_summary
-from ..peft.methods import apply_method, load_classifier, save_adapter
+from ..peft.methods import apply_method, load_classifier, save_finetuned
 from ..peft.peft_format import save_peft
 from ..text.collate import collate, encode_examples
 from ..text.datasets import load_classification
@@ -68,19 +68,14 @@ def finetune(args) -> dict:
     if world.is_main:
         print(f"{args.method}: {parameter_summary(model)}")
 
-    def save(best: SequenceClassifier, folder: Path) -> None:
-        if args.method == "full":
-            best.save_pretrained(folder)
-        else:
-            save_adapter(best, folder, args.method, options, args.model)
-
     if world.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(world.device)
     train_options = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     config = TrainConfig(**train_options, bucket=not args.no_bucket)
     trainer = Trainer(
         model, Classification(num_labels), encoded["train"], encoded["validation"],
-        lambda items: collate(items, tokenizer.pad_id), [len(e.input_ids) for e in encoded["train"]], config, world, save=save,
+        lambda items: collate(items, tokenizer.pad_id), [len(e.input_ids) for e in encoded["train"]], config, world,
+        save=lambda best, folder: save_finetuned(best, folder, args.method, options, args.model),
     )  # fmt: skip
     if world.is_main:
         Path(args.out).mkdir(parents=True, exist_ok=True)
