@@ -31,6 +31,7 @@ def run_finetune(argv: list[str]) -> dict:
 
 def run_all(argvs: list[list[str]], workers: int) -> list[dict]:
     """Every `finetune` argv, `workers` processes at a time; the metrics in the order given. A small model
-    leaves a GPU mostly idle, each run being bound by its Python loop, so several share it well."""
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    leaves a GPU mostly idle, each run being bound by its Python loop, so several share it well. Each run gets
+    a fresh process, so that its peak memory (the process's peak RSS on a CPU) is its own."""
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1) as pool:
         return list(pool.map(run_finetune, argvs))
