@@ -1,0 +1,30 @@
+"""Quantization and pruning: each quantizer is quantize -> compact representation -> dequantize.
+
+    uniform.py     affine / symmetric integers, per-tensor / channel / group, observers, fake quantization
+    nonuniform.py  codebooks: NF4 and FP4 as bitsandbytes stores them (with double quantization), log2
+    kmeans.py      k-means weight clustering and centroid fine-tuning (Deep Compression)
+    prune.py       magnitude, N:M and structured pruning; masks kept while training; the cubic schedule
+    pack.py        two 4-bit codes per byte
+"""
+
+from .kmeans import ClusteredLinear, KMeansQuantized, centroid_gradient, kmeans_quantize
+from .nonuniform import CodebookQuantized, quantize_fp4, quantize_log2, quantize_nf4
+from .pack import pack_int4, unpack_int4
+from .prune import (
+    GradualPruner, apply_masks, cubic_sparsity, magnitude_masks, nm_mask, nm_masks, prune_ffn_neurons, prune_heads,
+    prune_structured, remove_masks, sparsity_report, sparsity_table,
+)  # fmt: skip
+from .uniform import (
+    MinMaxObserver, MSEObserver, PercentileObserver, UniformQuantized, choose_qparams, dequantize, fake_quantize, quantize,
+    quantize_uniform,
+)  # fmt: skip
+
+__all__ = [
+    "quantize_uniform", "choose_qparams", "quantize", "dequantize", "fake_quantize", "UniformQuantized",
+    "MinMaxObserver", "PercentileObserver", "MSEObserver",
+    "quantize_nf4", "quantize_fp4", "quantize_log2", "CodebookQuantized",
+    "kmeans_quantize", "KMeansQuantized", "centroid_gradient", "ClusteredLinear",
+    "magnitude_masks", "nm_mask", "nm_masks", "apply_masks", "remove_masks", "cubic_sparsity", "GradualPruner",
+    "prune_heads", "prune_ffn_neurons", "prune_structured", "sparsity_report", "sparsity_table",
+    "pack_int4", "unpack_int4",
+]  # fmt: skip
