@@ -1,7 +1,7 @@
 """Every fine-tuning method on the same task and budget: full, a linear probe, BitFit, LoRA, Houlsby and
 Pfeiffer adapters, prompt tuning and prefix tuning, each from all-MiniLM-L6-v2 on Rotten Tomatoes sentiment.
 
-    python experiments/peft_compare.py --profile quick   # about 10 minutes on 2 CPU cores: 1000 examples, 1 epoch
+    python experiments/peft_compare.py --profile quick   # about 15 minutes on 2 CPU cores: 1000 examples, 1 epoch
     python experiments/peft_compare.py --profile full    # meant for a GPU: all 8454 examples, 4 epochs, an lr grid
 
 The budget is the same for all: data, epochs, batch 32, mean pooling, AdamW with warmup and linear decay.
