@@ -65,6 +65,13 @@ def cmd_finetune(args) -> None:
         print(json.dumps(metrics))
 
 
+def cmd_evaluate(args) -> None:
+    from .train.evaluate import evaluate
+
+    metrics = evaluate(args)
+    print(json.dumps(metrics) if args.json else "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
+
+
 def cmd_predict(args) -> None:
     from .peft.methods import load_classifier
     from .text.tokenizer import Tokenizer
@@ -146,6 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", help="fine-tune an encoder with a classification head", description="Fine-tune an HF BERT folder on a classification set, in full or with a parameter-efficient --method. Writes metrics.jsonl, checkpoint.pt, the best model and metrics.json (accuracy, trainable and total parameters, train time, peak memory) into --out. The best model is an HF BertForSequenceClassification folder with its tokenizer (full), or adapter.json + adapter.safetensors over the base (other methods; LoRA with pooler pooling also writes peft's format into --out/peft). Several processes: torchrun --nproc_per_node=N -m minitransformers finetune ...")
     add_finetune_args(p)
     p.set_defaults(run=cmd_finetune)
+
+    p = sub.add_parser("evaluate", help="score a fine-tuned classifier on a split and time its forward pass", description="Accuracy, macro-F1 and loss of a classifier folder (finetune's, with any --method) on a split of a classification set, and the median latency of one batch. Writes --model/eval_SPLIT.json.")
+    p.add_argument("--model", required=True, help="a folder written by finetune")
+    p.add_argument("--data", required=True, help="'sentiment', an aclImdb folder, or a .csv/.jsonl file with text and label columns")
+    p.add_argument("--split", default="test", choices=("train", "validation", "test"), help="which split to score (default: test)")
+    p.add_argument("--batch-size", type=int, default=32, help="examples per forward pass (default: 32)")
+    p.add_argument("--max-length", type=int, default=128, help="truncate to this many tokens (default: 128)")
+    p.add_argument("--device", default=default_device(), help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON line")
+    p.set_defaults(run=cmd_evaluate)
 
     p = sub.add_parser("predict", help="classify texts with a fine-tuned model", description="Print the predicted label and its probability for each text (arguments, else lines of stdin).")
     p.add_argument("--model", required=True, help="a folder written by finetune, with any --method (or any HF BertForSequenceClassification folder)")
