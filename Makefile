@@ -30,6 +30,7 @@ experiment: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) experiments/train_bench.py
+	$(PY) experiments/quant_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache runs

@@ -5,15 +5,19 @@
     kmeans.py      k-means weight clustering and centroid fine-tuning (Deep Compression)
     prune.py       magnitude, N:M and structured pruning; masks kept while training; the cubic schedule
     pack.py        two 4-bit codes per byte
+    qlinear.py     quantized nn.Linear replacements (W8A8 through torch._int_mm, weight-only 4/8-bit, sparse), quantize_model
+    serialize.py   save and reload a quantized classifier, packed
 """
 
 from .kmeans import ClusteredLinear, KMeansQuantized, centroid_gradient, kmeans_quantize
 from .nonuniform import CodebookQuantized, quantize_fp4, quantize_log2, quantize_nf4
 from .pack import pack_int4, unpack_int4
+from .qlinear import METHODS, SparseLinear, W8A8Linear, WeightOnlyLinear, int8_matmul, quantize_model, weight_only_matmul
 from .prune import (
     GradualPruner, apply_masks, cubic_sparsity, magnitude_masks, nm_mask, nm_masks, prune_ffn_neurons, prune_heads,
     prune_structured, remove_masks, sparsity_report, sparsity_table,
 )  # fmt: skip
+from .serialize import load_quantized, save_quantized
 from .uniform import (
     MinMaxObserver, MSEObserver, PercentileObserver, UniformQuantized, choose_qparams, dequantize, fake_quantize, quantize,
     quantize_uniform,
@@ -27,4 +31,6 @@ __all__ = [
     "magnitude_masks", "nm_mask", "nm_masks", "apply_masks", "remove_masks", "cubic_sparsity", "GradualPruner",
     "prune_heads", "prune_ffn_neurons", "prune_structured", "sparsity_report", "sparsity_table",
     "pack_int4", "unpack_int4",
+    "quantize_model", "METHODS", "W8A8Linear", "WeightOnlyLinear", "SparseLinear", "int8_matmul", "weight_only_matmul",
+    "save_quantized", "load_quantized",
 ]  # fmt: skip
