@@ -65,6 +65,13 @@ def cmd_finetune(args) -> None:
         print(json.dumps(metrics))
 
 
+def cmd_quantize(args) -> None:
+    from .quant.command import quantize
+
+    report = quantize(args)
+    print(json.dumps(report) if args.json else "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in report.items()))
+
+
 def cmd_evaluate(args) -> None:
     from .train.evaluate import evaluate
 
@@ -73,10 +80,10 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from .peft.methods import load_classifier
     from .text.tokenizer import Tokenizer
+    from .train.evaluate import load_model
 
-    model = load_classifier(args.model).to(args.device).eval()
+    model = load_model(args.model).to(args.device).eval()
     tokenizer = Tokenizer.from_pretrained(args.model)
     texts = read_texts(args)
     with torch.no_grad():
@@ -128,6 +135,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .quant.qlinear import METHODS as QUANT_METHODS
+
     parser = argparse.ArgumentParser(prog="python -m minitransformers", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -154,8 +163,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_finetune_args(p)
     p.set_defaults(run=cmd_finetune)
 
+    p = sub.add_parser("quantize", help="quantize a fine-tuned classifier's Linear layers", description="Replace the Linear layers of a whole-model classifier folder (the classifier head is kept in fp32) and write the packed model, its tokenizer and metrics.json (bits per weight, bytes) into --out. int8: W8A16 per channel; w8a8: int8 weights and per-token int8 activations through torch._int_mm; int4: W4A16 per group; nf4, fp4: bitsandbytes' 4-bit formats; kmeans4, kmeans8: Deep Compression's clustering; prune50: 50%% magnitude pruning; prune2:4: 2:4 semi-structured. Score it with `evaluate`.")
+    p.add_argument("--model", required=True, help="a whole-model classifier folder, e.g. one written by finetune --method full")
+    p.add_argument("--method", required=True, choices=QUANT_METHODS, help="how to store the Linear weights")
+    p.add_argument("--out", required=True, help="folder for the quantized model")
+    p.add_argument("--skip", nargs="*", default=["classifier"], help="keep Linear layers whose dotted name has one of these parts in fp32 (default: classifier)")
+    p.add_argument("--group-size", type=int, help="int4: inputs per scale (default: 128)")
+    p.add_argument("--double-quant", action="store_true", help="nf4, fp4: quantize the absmax too (QLoRA's double quantization)")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON line")
+    p.set_defaults(run=cmd_quantize)
+
     p = sub.add_parser("evaluate", help="score a fine-tuned classifier on a split and time its forward pass", description="Accuracy, macro-F1 and loss of a classifier folder (finetune's, with any --method) on a split of a classification set, and the median latency of one batch. Writes --model/eval_SPLIT.json.")
-    p.add_argument("--model", required=True, help="a folder written by finetune")
+    p.add_argument("--model", required=True, help="a folder written by finetune or quantize")
     p.add_argument("--data", required=True, help="'sentiment', an aclImdb folder, or a .csv/.jsonl file with text and label columns")
     p.add_argument("--split", default="test", choices=("train", "validation", "test"), help="which split to score (default: test)")
     p.add_argument("--batch-size", type=int, default=32, help="examples per forward pass (default: 32)")
@@ -165,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_evaluate)
 
     p = sub.add_parser("predict", help="classify texts with a fine-tuned model", description="Print the predicted label and its probability for each text (arguments, else lines of stdin).")
-    p.add_argument("--model", required=True, help="a folder written by finetune, with any --method (or any HF BertForSequenceClassification folder)")
+    p.add_argument("--model", required=True, help="a folder written by finetune (any --method) or quantize, or any HF BertForSequenceClassification folder")
     p.add_argument("--device", default=default_device(), help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--max-length", type=int, default=512, help="truncate texts to this many tokens (default: 512)")
     p.add_argument("--json", action="store_true", help="one JSON object per text")

@@ -16,10 +16,16 @@ from pathlib import Path
 import torch
 
 from ..peft.methods import load_classifier
+from ..quant.serialize import QUANTIZATION, load_quantized
 from ..text.collate import collate, encode_examples
 from ..text.datasets import load_classification
 from ..text.tokenizer import Tokenizer
 from .tasks import Classification
+
+
+def load_model(path: str | Path) -> torch.nn.Module:
+    """Whatever classifier folder `finetune` or `quantize` wrote: quantized, an adapter over its base, or whole."""
+    return load_quantized(path) if (Path(path) / QUANTIZATION).is_file() else load_classifier(path)
 
 
 def timed_batches(batches: list[dict], device: torch.device, seconds: list[float]):
@@ -36,7 +42,7 @@ def timed_batches(batches: list[dict], device: torch.device, seconds: list[float
 def evaluate(args) -> dict:
     """Run from parsed `evaluate` arguments; returns the metrics (also written to --model/eval_SPLIT.json)."""
     device = torch.device(args.device)
-    model = load_classifier(args.model).to(device).eval()
+    model = load_model(args.model).to(device).eval()
     tokenizer = Tokenizer.from_pretrained(args.model)
     examples = encode_examples(tokenizer, load_classification(args.data)[args.split], args.max_length)
     size = args.batch_size
