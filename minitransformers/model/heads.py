@@ -107,7 +107,11 @@ class SequenceClassifier(nn.Module):
 
         `transformers` derives num_labels from id2label; "pooling" is our key, which it keeps and ignores.
         """
-        config = {
+        hf.save(path, self.hf_config(), hf.classifier_to_hf(self.state_dict(), self.encoder.config.num_layers))
+
+    def hf_config(self) -> dict:
+        """config.json's contents: the encoder's HF config plus the head's labels, dropout and pooling."""
+        return {
             **self.encoder.config.to_hf(),
             "architectures": ["BertForSequenceClassification"],
             "id2label": {str(i): label for i, label in enumerate(self.labels)},
@@ -115,4 +119,3 @@ class SequenceClassifier(nn.Module):
             "classifier_dropout": self.dropout.p,
             "pooling": self.pooling,
         }
-        hf.save(path, config, hf.classifier_to_hf(self.state_dict(), self.encoder.config.num_layers))

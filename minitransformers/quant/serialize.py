@@ -31,18 +31,6 @@ TENSORS, QUANTIZATION = "quantized.safetensors", "quantization.json"
 LAYERS = {cls.__name__: cls for cls in (W8A8Linear, WeightOnlyLinear, SparseLinear)}
 
 
-def classifier_config(model: SequenceClassifier) -> dict:
-    """config.json's contents, the same dict that SequenceClassifier.save_pretrained writes (a test holds them equal)."""
-    return {
-        **model.encoder.config.to_hf(),
-        "architectures": ["BertForSequenceClassification"],
-        "id2label": {str(i): label for i, label in enumerate(model.labels)},
-        "label2id": {label: i for i, label in enumerate(model.labels)},
-        "classifier_dropout": model.dropout.p,
-        "pooling": model.pooling,
-    }
-
-
 def save_quantized(model: SequenceClassifier, path: str | Path, method: str, options: dict | None = None) -> None:
     """Write a quantized classifier (after `quantize_model(model, method, **options)`) to the folder `path`."""
     modules = {name: m for name, m in model.named_modules() if isinstance(m, QuantizedLinear)}
@@ -55,7 +43,7 @@ def save_quantized(model: SequenceClassifier, path: str | Path, method: str, opt
         "options": options or {},
         "modules": {name: {"class": type(m).__name__, "layout": m.layout} for name, m in modules.items()},
     }
-    (path / "config.json").write_text(json.dumps(classifier_config(model), indent=2) + "\n", encoding="utf-8")
+    (path / "config.json").write_text(json.dumps(model.hf_config(), indent=2) + "\n", encoding="utf-8")
     (path / QUANTIZATION).write_text(json.dumps(quantization, indent=2) + "\n", encoding="utf-8")
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, path / TENSORS, metadata={"format": "pt"})
 
