@@ -72,6 +72,20 @@ def cmd_quantize(args) -> None:
     print(json.dumps(report) if args.json else "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in report.items()))
 
 
+def cmd_compress(args) -> None:
+    from .train.compress import compress
+
+    report = compress(args)
+    if args.json:
+        print(json.dumps(report))
+        return
+    for stage, metrics in report["test"].items():
+        print(f"{stage:>32}: test accuracy {metrics['accuracy']:.4f}")
+    ratio, total = report["compression"]["ratio"], report["compression"]["total"]
+    print(f"compressed layers: {total['dense'] / 8e6:.1f} MB fp32 -> {total['huffman'] / 8e6:.2f} MB "
+          f"(pruned {ratio['pruned']:.1f}x, + clustered {ratio['quantized']:.1f}x, + Huffman {ratio['huffman']:.1f}x); wrote {args.out}")
+
+
 def cmd_evaluate(args) -> None:
     from .train.evaluate import evaluate
 
@@ -172,6 +186,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--double-quant", action="store_true", help="nf4, fp4: quantize the absmax too (QLoRA's double quantization)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON line")
     p.set_defaults(run=cmd_quantize)
+
+    p = sub.add_parser("compress", help="Deep Compression: prune, retrain, cluster, retrain the centroids", description="Han et al. 2016 on a whole-model classifier folder: magnitude-prune its Linear layers (not the classifier head) to --sparsity and retrain with the masks fixed, then cluster each layer's surviving weights into 2^bits - 1 shared centroids (code 0 stays 0) and retrain the centroids only. Writes the packed model (score it with `evaluate`), its tokenizer and metrics.json: test accuracy after each stage and the paper's storage (sparse with relative indices, clustered, Huffman-coded) with the compression ratios.")
+    p.add_argument("--model", required=True, help="a whole-model classifier folder, e.g. one written by finetune --method full")
+    p.add_argument("--data", required=True, help="the set it was fine-tuned on: 'sentiment', an aclImdb folder, or a .csv/.jsonl file")
+    p.add_argument("--out", required=True, help="folder for the compressed model")
+    p.add_argument("--sparsity", type=float, default=0.5, help="fraction of each Linear weight pruned (default: 0.5)")
+    p.add_argument("--scope", choices=("layer", "global"), default="layer", help="one threshold per layer, or one for all (default: layer)")
+    p.add_argument("--bits", type=int, choices=(4, 8), default=4, help="code bits: 2^bits - 1 centroids per layer plus the zero; the packed folder stores 4 or 8 (default: 4)")
+    p.add_argument("--index-bits", type=int, default=5, help="bits of a relative index in the storage count (default: 5, the paper's for fully connected layers)")
+    p.add_argument("--epochs", type=int, default=1, help="epochs of each retraining (default: 1)")
+    p.add_argument("--lr", type=float, default=2e-5, help="peak learning rate when retraining the pruned model (default: 2e-5)")
+    p.add_argument("--centroid-lr", type=float, default=1e-4, help="peak learning rate of the centroids (default: 1e-4)")
+    p.add_argument("--batch-size", type=int, default=32, help="examples per step (default: 32)")
+    p.add_argument("--max-length", type=int, default=128, help="truncate to this many tokens (default: 128)")
+    p.add_argument("--max-train-examples", type=int, default=0, help="retrain on the first N training examples only (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seeds data order and k-means++ (default: 0)")
+    p.add_argument("--device", default=default_device(), help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON line")
+    p.set_defaults(run=cmd_compress)
 
     p = sub.add_parser("evaluate", help="score a fine-tuned classifier on a split and time its forward pass", description="Accuracy, macro-F1 and loss of a classifier folder (finetune's, with any --method) on a split of a classification set, and the median latency of one batch. Writes --model/eval_SPLIT.json.")
     p.add_argument("--model", required=True, help="a folder written by finetune or quantize")

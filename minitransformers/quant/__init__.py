@@ -7,6 +7,7 @@
     pack.py        two 4-bit codes per byte
     qlinear.py     quantized nn.Linear replacements (W8A8 through torch._int_mm, weight-only 4/8-bit, sparse), quantize_model
     serialize.py   save and reload a quantized classifier, packed
+    deep_compression.py  Deep Compression's storage: clustered pruned layers, relative indices, Huffman coding
 """
 
 from .kmeans import ClusteredLinear, KMeansQuantized, centroid_gradient, kmeans_quantize

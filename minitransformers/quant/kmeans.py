@@ -32,9 +32,12 @@ index of its centroid, I (the codes), and reads back as W ≈ C[I]:
   `centroid_gradient` computes this sum; `ClusteredLinear` holds W = C[I], so autograd gives the same.
 - The paper's settings: one codebook per layer (weights are not shared across layers), 8 bits (256
   centroids) for each conv layer and 5 bits (32 centroids) for each fully connected layer of AlexNet,
-  without loss of accuracy. The paper clusters only the weights that survive pruning; here every value of
-  the tensor is clustered, zeros too. Here bits=4 by default, and per_channel=True gives each output row
-  its own codebook, which adapts to rows of different scales at the cost of rows · 2^b · 4 more bytes.
+  without loss of accuracy. Here bits=4 by default, and per_channel=True gives each output row its own
+  codebook, which adapts to rows of different scales at the cost of rows · 2^b · 4 more bytes.
+- After pruning (section 2) the paper clusters only the weights that survive. `keep_zero=True` does that:
+  code 0 is reserved for the exact value 0 (codebook[0] = 0, never trained), and the nonzero weights share
+  the other 2^b − 1 centroids, so pruned weights stay pruned through clustering and centroid fine-tuning.
+  Without it every value is clustered, zeros too, and a centroid near 0 absorbs them.
 
 The weights are scalars, so this is 1-D k-means: the iteration that Lloyd (1957/1982) and Max (1960) use to
 design the minimum-MSE scalar quantizer. In 1-D each cluster is an interval between the midpoints of
@@ -63,7 +66,7 @@ class KMeansQuantized:
     """A weight as b-bit codes into a codebook of 2^b fp32 centroids (one codebook, or one per row)."""
 
     codes: torch.Tensor  # I: uint8, the weight's shape, each entry in 0 .. 2^b − 1
-    codebook: torch.Tensor  # C: float32, (2^b,) per layer or (rows, 2^b) per channel, ascending
+    codebook: torch.Tensor  # C: float32, (2^b,) per layer or (rows, 2^b) per channel, ascending (after C[0] = 0 if keep_zero)
     bits: int
 
     @property
@@ -100,17 +103,36 @@ def kmeans_quantize(
     max_iter: int = 300,
     tol: float = 1e-6,
     seed: int = 0,
+    keep_zero: bool = False,
 ) -> KMeansQuantized:
     """Cluster the values of `w` into 2^bits centroids: one codebook for the whole tensor, or one per row
     (dim 0, the output channel) when per_channel=True. Lloyd stops after `max_iter` steps or once no
     centroid moves by more than `tol` times its row's range (max − min). Runs on w's device; `seed` makes
-    the k-means++ draws, which are made on the CPU, the same on every device."""
+    the k-means++ draws, which are made on the CPU, the same on every device. keep_zero=True (one codebook
+    per layer only): zeros get code 0 and codebook[0] = 0; the nonzero values share 2^bits − 1 centroids."""
     check_options(w, bits, per_channel, init)
+    if keep_zero and per_channel:
+        raise ValueError("keep_zero clusters the nonzeros of the whole layer into one codebook; use per_channel=False with it")
+    if keep_zero:
+        return kmeans_keep_zero(w, bits, init, max_iter, tol, seed)
     rows = w.shape[0] if per_channel else 1
     x = w.detach().float().reshape(rows, -1)  # (rows, n): one codebook per row
     codebook = kmeans_1d(x, 2**bits, init, max_iter, tol, seed)  # (rows, 2^b), ascending
     codes = assign(x, codebook).to(torch.uint8).view(w.shape)
     return KMeansQuantized(codes, codebook if per_channel else codebook[0], bits)
+
+
+def kmeans_keep_zero(w: torch.Tensor, bits: int, init: str, max_iter: int, tol: float, seed: int) -> KMeansQuantized:
+    """Deep Compression's clustering of a pruned weight: the nonzeros into 2^bits − 1 centroids, zeros to code 0."""
+    if bits < 2:
+        raise ValueError(f"keep_zero reserves one of the 2^bits codes for 0, so it needs bits ≥ 2, got {bits}")
+    nonzero = w.detach().float().reshape(1, -1)  # (1, n)
+    nonzero = nonzero[nonzero != 0].reshape(1, -1)  # (1, nnz)
+    if nonzero.numel() == 0:
+        raise ValueError(f"keep_zero: the weight of shape {tuple(w.shape)} is all zeros; there is nothing to cluster")
+    centroids = kmeans_1d(nonzero, 2**bits - 1, init, max_iter, tol, seed)[0]  # (2^b − 1,), ascending
+    codes = torch.where(w != 0, assign(w.detach().float().reshape(1, -1), centroids[None]).view(w.shape) + 1, 0)
+    return KMeansQuantized(codes.to(torch.uint8), F.pad(centroids, (1, 0)), bits)  # codebook[0] = 0
 
 
 def check_options(w: torch.Tensor, bits: int, per_channel: bool, init: str) -> None:
@@ -207,23 +229,33 @@ def centroid_gradient(codes: torch.Tensor, weight_grad: torch.Tensor, codebook_s
 class ClusteredLinear(nn.Module):
     """An nn.Linear whose weight is codebook[codes] (section 3.3): the codes are a fixed buffer, and only the
     2^b centroids (with the bias) train. Autograd through the lookup sums the gradients of the weights that
-    share a centroid, which is eq. 3."""
+    share a centroid, which is eq. 3. With keep_zero=True (a pruned weight) the trained codebook holds the
+    2^b − 1 nonzero centroids and code 0 reads a constant 0, so pruned weights stay exactly 0."""
 
-    def __init__(self, base: nn.Linear, bits: int = 4, per_channel: bool = False, **kmeans):
+    def __init__(self, base: nn.Linear, bits: int = 4, per_channel: bool = False, keep_zero: bool = False, **kmeans):
         super().__init__()
-        q = kmeans_quantize(base.weight, bits, per_channel, **kmeans)
-        self.in_features, self.out_features, self.bits = base.in_features, base.out_features, bits
-        self.codebook = nn.Parameter(q.codebook)  # (2^b,) or (out, 2^b)
+        q = kmeans_quantize(base.weight, bits, per_channel, keep_zero=keep_zero, **kmeans)
+        self.in_features, self.out_features, self.bits, self.keep_zero = base.in_features, base.out_features, bits, keep_zero
+        self.codebook = nn.Parameter(q.codebook[1:] if keep_zero else q.codebook)  # (2^b [− 1],) or (out, 2^b)
         self.register_buffer("codes", q.codes)  # (out, in) uint8
         self.bias = base.bias
 
     @property
+    def full_codebook(self) -> torch.Tensor:
+        """What the codes index: the trained centroids, after the fixed 0 when keep_zero. (2^b,) or (out, 2^b)"""
+        return F.pad(self.codebook, (1, 0)) if self.keep_zero else self.codebook
+
+    @property
     def weight(self) -> torch.Tensor:
-        return lookup(self.codebook, self.codes)  # (out, in)
+        return lookup(self.full_codebook, self.codes)  # (out, in)
+
+    def quantized(self) -> KMeansQuantized:
+        """The trained layer's weight as codes and codebook, e.g. for WeightOnlyLinear.from_representation."""
+        return KMeansQuantized(self.codes, self.full_codebook.detach().clone(), self.bits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight.to(x.dtype), self.bias)
 
     def extra_repr(self) -> str:
         per_channel = self.codebook.dim() == 2
-        return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, per_channel={per_channel}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, per_channel={per_channel}, keep_zero={self.keep_zero}"
