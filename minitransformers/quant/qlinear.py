@@ -43,8 +43,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels import triton_runs_on
+from ..kernels.int4_mm import Packed4Bit, w4a16_linear
+from ..kernels.int8_mm import w8a8_linear
 from .kmeans import KMeansQuantized, kmeans_quantize
-from .nonuniform import CodebookQuantized, DoubleQuantized, quantize_fp4, quantize_nf4
+from .nonuniform import DYNAMIC_CODEBOOK, CodebookQuantized, DoubleQuantized, quantize_fp4, quantize_nf4
 from .pack import pack_int4, unpack_int4
 from .prune import SKIP, keep_largest, nm_mask, skipped
 from .uniform import EPS, UniformQuantized, quantize_uniform
@@ -151,6 +154,8 @@ class W8A8Linear(QuantizedLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)  # (M, K): M = all tokens
+        if triton_runs_on(x2):  # the fused Triton kernels of kernels/int8_mm.py
+            return w8a8_linear(x2, self.codes, self.scale, self.bias).reshape(*x.shape[:-1], self.out_features)
         codes, scale = quantize_per_token(x2)  # (M, K) int8, s_X (M, 1)
         acc = int8_matmul(codes, self.codes.t())  # (M, K) @ (K, N) -> (M, N) int32; codes.t() is column-major
         y = acc.to(scale.dtype).mul_(scale).mul_(self.scale.t())  # (M, N) ⊙ s_X (M, 1) ⊙ s_Wᵀ (1, N), in place
@@ -289,8 +294,11 @@ class WeightOnlyLinear(QuantizedLinear):
 def weight_only_matmul(x: torch.Tensor, layer: WeightOnlyLinear) -> torch.Tensor:
     """y = x Ŵᵀ + b for x (…, in): the one function that computes a weight-only layer's product.
 
-    The kernels issue plugs its CUDA kernel in here: a fused dequantize-and-multiply that reads the layer's
-    packed buffers (`layer.layout` says which format they are in). This reference dequantizes, then matmuls."""
+    4-bit layers (int4 per group, NF4 / FP4) on CUDA with Triton take the fused dequantize-and-multiply kernels of
+    kernels/int4_mm.py, which read the packed buffers in place. Elsewhere this reference dequantizes, then matmuls."""
+    if triton_runs_on(x) and Packed4Bit.supports(layer.layout):
+        weight = Packed4Bit.from_storage(layer.layout, dict(layer.named_buffers(recurse=False)), DYNAMIC_CODEBOOK)
+        return w4a16_linear(x, weight, layer.bias)
     bias = None if layer.bias is None else layer.bias.to(x.dtype)
     return F.linear(x, layer.dequantize().to(x.dtype), bias)
 

@@ -1,0 +1,267 @@
+"""W4A16 on the GPU: x (M, K) in 16 bits (or fp32) times a packed 4-bit weight, dequantized inside the matmul.
+
+The weight is read as WeightOnlyLinear stores it (quant/qlinear.py `to_storage`), two 4-bit codes a byte with
+element 2i in the HIGH nibble of byte i (quant/pack.py, bitsandbytes' order). Two formats, y = x Ŵᵀ + b:
+
+    int4 per group (GPTQ / AWQ style; quant/uniform.py), each row of W packed on its own:
+        packed      (N, ceil(K / 2)) uint8      row n, input k: byte k // 2 of row n (an odd K leaves a spare nibble)
+        scale       (N, K / G) fp32             one per G inputs of a row
+        zero_point  (N, K / G) uint8, affine    symmetric: none, the codes [-7, 7] are stored + 8, so Z = 8
+        ŵ[n, k] = (code - Z) · scale[n, k // G]
+    NF4 / FP4 blocks (QLoRA, Dettmers et al. 2023, section 3; bitsandbytes; quant/nonuniform.py), W flattened:
+        packed      (ceil(N K / 2),) uint8      flat index f = n K + k: byte f // 2
+        absmax      (N K / B,) fp32             one per B consecutive flat elements (a block may span two rows)
+        codebook    (16,) fp32                  code -> value in [-1, 1]
+        ŵ[n, k] = codebook[code] · absmax[f // B]
+      double quantization stores absmax as uint8 codes into bitsandbytes' 256-entry dynamic map (`absmax_table`),
+      with an fp32 scale per 256 blocks and one fp32 offset; the kernel decodes it in place,
+        absmax[b] = absmax_table[absmax_codes[b]] · absmax_scale[b // 256] + absmax_offset,
+      so it reads 1 byte a block instead of 4 (the same arithmetic as DoubleQuantized.dequantize).
+
+Each program loads its (BLOCK_K, BLOCK_N) tile of Ŵᵀ as bytes (each byte addressed by both of its nibbles; the
+two loads of one address coalesce), takes the nibble, looks up the scale, zero point or codebook value, and
+multiplies in registers; the dequantized weight never exists in memory. That is the point of W4A16 (Frantar et
+al.'s GPTQ kernels, AWQ, Marlin): a matmul over few tokens reads each weight once and does 2 M flops with it, so
+at M = 1 it is bound by memory, and reading 4.5 bits a weight instead of 16 makes it up to 16 / 4.5 ≈ 3.6× (int4,
+G = 128: 4.25 bits, 3.8×) faster than bf16. Two variants:
+
+- Small M (≤ 16, decoding), `w4a16_splitk_kernel`: memory-bound. With M = 1 and K = N = 8192, tiles of BLOCK_N
+  columns give only 8192 / 64 = 128 programs, fewer than it takes to keep an H100's 132 SMs streaming. Split-K
+  cuts K into SPLIT_K slices as well, so SPLIT_K times as many programs load weights at once; each adds its
+  partial product into an fp32 output with atomic adds (the slice of program k = 0 also adds the bias) and one
+  cast to x's dtype follows. BLOCK_M = 16, the smallest tensor-core tile: the rows past M are masked, and cost
+  only the multiplies, which are cheap here. (Marlin gets further with hand-written asynchronous copies and a
+  weight layout shuffled for the tensor cores; this kernel keeps WeightOnlyLinear's layout.)
+- Large M, `w4a16_tiled_kernel`: with many tokens each weight tile is reused BLOCK_M times and the matmul is
+  compute-bound, so it is a plain tiled tl.dot GEMM (program order grouped for the L2 cache) whose W tile is
+  dequantized on the way in; the output is written once, bias added, in x's dtype.
+
+Block sizes are autotuned over a few configs each. The plain-torch reference (`dequantize_reference`, then
+F.linear) is what WeightOnlyLinear computes without a GPU; `w4a16_linear` picks the kernels on CUDA when
+Triton imports, the reference elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from . import autotuned, grouped_tile, jit, tl, triton, triton_runs_on
+
+SMALL_M = 16  # up to this many tokens, the split-K kernel
+
+
+@dataclass
+class Packed4Bit:
+    """A 4-bit weight W (N, K) in WeightOnlyLinear's storage layout (see the module docstring)."""
+
+    packed: torch.Tensor  # int4: (N, ceil(K / 2)) uint8; codebook: (ceil(N K / 2),) uint8
+    scale: torch.Tensor  # int4: (N, K / G) fp32; codebook: absmax (N K / B,) fp32, or its uint8 codes if double-quantized
+    shape: tuple[int, int]  # (N, K)
+    group_size: int  # int4: G, inputs per scale; codebook: B, flat elements per absmax
+    zero_point: torch.Tensor | None = None  # int4 affine: (N, K / G) uint8; None: symmetric, codes stored + 8
+    codebook: torch.Tensor | None = None  # NF4 / FP4: (16,) fp32; None: int4
+    absmax_scale: torch.Tensor | None = None  # double quantization: (ceil(N K / B / 256),) fp32
+    absmax_offset: torch.Tensor | None = None  # double quantization: () fp32
+    absmax_table: torch.Tensor | None = None  # double quantization: (256,) fp32, the dynamic map
+    absmax_block_size: int = 256
+
+    @staticmethod
+    def supports(layout: dict) -> bool:
+        """Whether a WeightOnlyLinear layout is one of the two 4-bit formats here (not int8, not k-means)."""
+        uniform4 = layout["format"] == "uniform" and layout["bits"] == 4 and layout["block_size"][0] == 1
+        return uniform4 or layout["format"] == "codebook"
+
+    @classmethod
+    def from_storage(cls, layout: dict, t: dict[str, torch.Tensor], dynamic_map: torch.Tensor) -> Packed4Bit:
+        """From WeightOnlyLinear's `layout` and buffers `t`; `dynamic_map` (256,) decodes double-quantized absmax."""
+        shape = tuple(layout["shape"])
+        if layout["format"] == "uniform":
+            return cls(t["codes"], t["scale"], shape, layout["block_size"][1], zero_point=t.get("zero_point"))
+        if not layout["double_quant"]:
+            return cls(t["codes"], t["absmax"], shape, layout["block_size"], codebook=t["codebook"])
+        return cls(
+            t["codes"], t["absmax_codes"], shape, layout["block_size"], codebook=t["codebook"], absmax_scale=t["absmax_scale"],
+            absmax_offset=t["absmax_offset"], absmax_table=dynamic_map.to(t["codes"].device),
+            absmax_block_size=layout["absmax_block_size"],
+        )  # fmt: skip
+
+    @property
+    def double_quant(self) -> bool:
+        return self.absmax_table is not None
+
+
+# --- the reference: dequantize, then F.linear ---------------------------------------------------------------------
+
+
+def nibbles(packed: torch.Tensor) -> torch.Tensor:
+    """(…, n) uint8 -> (…, 2 n) codes in [0, 15], the high nibble of each byte first."""
+    return torch.stack((packed >> 4, packed & 0x0F), dim=-1).flatten(-2)  # (…, n, 2) -> (…, 2 n)
+
+
+def dequantize_reference(w: Packed4Bit) -> torch.Tensor:
+    """Ŵ (N, K) fp32, with the arithmetic of WeightOnlyLinear.dequantize (a test holds them equal)."""
+    N, K = w.shape
+    if w.codebook is None:
+        codes = nibbles(w.packed)[:, :K].float().view(N, K // w.group_size, w.group_size)  # (N, K / G, G)
+        zero = 8 if w.zero_point is None else w.zero_point[..., None].float()  # (N, K / G, 1)
+        return ((codes - zero) * w.scale[..., None]).view(N, K)
+    codes = nibbles(w.packed)[: N * K].long()  # (N K,)
+    absmax = w.scale
+    if w.double_quant:
+        scale = w.absmax_scale.repeat_interleave(w.absmax_block_size)[: absmax.numel()]  # (N K / B,)
+        absmax = w.absmax_table[absmax.long()] * scale + w.absmax_offset
+    return (w.codebook[codes] * absmax.repeat_interleave(w.group_size)[: N * K]).view(N, K)
+
+
+def w4a16_linear_reference(x: torch.Tensor, w: Packed4Bit, bias: torch.Tensor | None) -> torch.Tensor:
+    """x (…, K) -> (…, N): F.linear over the dequantized weight, in x's dtype."""
+    return F.linear(x, dequantize_reference(w).to(x.dtype), None if bias is None else bias.to(x.dtype))
+
+
+# --- the kernels ---------------------------------------------------------------------------------------------------
+
+
+@jit
+def dequantize_tile(
+    k, n, N, K, packed_ptr, scale_ptr, zero_ptr, codebook_ptr, dq_scale_ptr, dq_offset_ptr, dq_table_ptr,
+    GROUP: tl.constexpr, DQ_GROUP: tl.constexpr, CODEBOOK: tl.constexpr, AFFINE: tl.constexpr, DOUBLE_QUANT: tl.constexpr,
+):  # fmt: skip
+    """Ŵᵀ[k, n] in fp32 for inputs k (BLOCK_K, 1) and outputs n (1, BLOCK_N): a (BLOCK_K, BLOCK_N) tile, 0 outside W."""
+    inside = (k < K) & (n < N)
+    if CODEBOOK:
+        index = n * K + k  # the flat index: the whole weight is packed as one row
+    else:
+        index = n * (2 * tl.cdiv(K, 2)) + k  # each row packed on its own
+    byte = tl.load(packed_ptr + index // 2, mask=inside, other=0).to(tl.int32)
+    code = (byte >> (4 - 4 * (index % 2))) & 0xF  # element 2i in the high nibble
+    if CODEBOOK:
+        block = index // GROUP
+        if DOUBLE_QUANT:
+            absmax_code = tl.load(scale_ptr + block, mask=inside, other=0).to(tl.int32)
+            absmax_scale = tl.load(dq_scale_ptr + block // DQ_GROUP, mask=inside, other=0.0)
+            absmax = tl.load(dq_table_ptr + absmax_code) * absmax_scale + tl.load(dq_offset_ptr)
+        else:
+            absmax = tl.load(scale_ptr + block, mask=inside, other=0.0)
+        w = tl.load(codebook_ptr + code) * absmax
+    else:
+        group = n * (K // GROUP) + k // GROUP
+        if AFFINE:
+            zero = tl.load(zero_ptr + group, mask=inside, other=0).to(tl.int32)
+        else:
+            zero = 8
+        w = (code - zero).to(tl.float32) * tl.load(scale_ptr + group, mask=inside, other=0.0)
+    return w
+
+
+SPLITK_CONFIGS = [
+    {"BLOCK_N": 64, "BLOCK_K": 128, "SPLIT_K": 8, "num_warps": 4, "num_stages": 3},
+    {"BLOCK_N": 128, "BLOCK_K": 128, "SPLIT_K": 4, "num_warps": 4, "num_stages": 3},
+    {"BLOCK_N": 64, "BLOCK_K": 256, "SPLIT_K": 4, "num_warps": 8, "num_stages": 3},
+    {"BLOCK_N": 32, "BLOCK_K": 256, "SPLIT_K": 8, "num_warps": 4, "num_stages": 2},
+]  # fmt: skip
+SPLITK_INTERPRETER_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 32, "SPLIT_K": 2}
+
+
+@autotuned(SPLITK_CONFIGS, SPLITK_INTERPRETER_CONFIG, key=["M_CLASS", "N", "K"], reset_to_zero=["out_ptr"])
+def w4a16_splitk_kernel(
+    x_ptr, out_ptr, bias_ptr, M, N, K, M_CLASS,
+    packed_ptr, scale_ptr, zero_ptr, codebook_ptr, dq_scale_ptr, dq_offset_ptr, dq_table_ptr, GROUP: tl.constexpr, DQ_GROUP: tl.constexpr,
+    CODEBOOK: tl.constexpr, AFFINE: tl.constexpr, DOUBLE_QUANT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+):  # fmt: skip
+    """out (M, N) fp32, zeroed, += x[:, slice] Ŵᵀ[slice, :] for this program's slice of K (+ b from slice 0); M ≤ BLOCK_M."""
+    pid_n, pid_k = tl.program_id(0), tl.program_id(1)
+    rows = tl.arange(0, BLOCK_M)  # (BLOCK_M,) tokens, all of them
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,) output channels
+    ks = tl.arange(0, BLOCK_K)  # (BLOCK_K,)
+    per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K  # K inputs per slice, whole blocks
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(pid_k * per_split, tl.minimum((pid_k + 1) * per_split, K), BLOCK_K):
+        k = k0 + ks
+        x = tl.load(x_ptr + rows[:, None] * K + k[None, :], mask=(rows[:, None] < M) & (k[None, :] < K), other=0.0)  # (BM, BK)
+        w = dequantize_tile(
+            k[:, None], cols[None, :], N, K, packed_ptr, scale_ptr, zero_ptr, codebook_ptr, dq_scale_ptr, dq_offset_ptr,
+            dq_table_ptr, GROUP, DQ_GROUP, CODEBOOK, AFFINE, DOUBLE_QUANT,
+        )  # (BLOCK_K, BLOCK_N) fp32  # fmt: skip
+        acc = tl.dot(x, w.to(x.dtype), acc, input_precision=DOT_PRECISION)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)  # (BLOCK_N,)
+        acc += tl.where(pid_k == 0, bias, 0.0)[None, :]
+    tl.atomic_add(out_ptr + rows[:, None] * N + cols[None, :], acc, mask=(rows[:, None] < M) & (cols[None, :] < N))
+
+
+TILED_CONFIGS = [
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 3},
+    {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 3},
+    {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 4},
+    {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 3},
+]  # fmt: skip
+TILED_INTERPRETER_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32, "GROUP_M": 2}
+
+
+@autotuned(TILED_CONFIGS, TILED_INTERPRETER_CONFIG, key=["M_CLASS", "N", "K"])
+def w4a16_tiled_kernel(
+    x_ptr, out_ptr, bias_ptr, M, N, K, M_CLASS,
+    packed_ptr, scale_ptr, zero_ptr, codebook_ptr, dq_scale_ptr, dq_offset_ptr, dq_table_ptr, GROUP: tl.constexpr, DQ_GROUP: tl.constexpr,
+    CODEBOOK: tl.constexpr, AFFINE: tl.constexpr, DOUBLE_QUANT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    """out tile (BLOCK_M, BLOCK_N) in x's dtype = x Ŵᵀ + b over all of K."""
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,) tokens
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,) output channels
+    ks = tl.arange(0, BLOCK_K)  # (BLOCK_K,)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + ks
+        x = tl.load(x_ptr + rows[:, None] * K + k[None, :], mask=(rows[:, None] < M) & (k[None, :] < K), other=0.0)  # (BM, BK)
+        w = dequantize_tile(
+            k[:, None], cols[None, :], N, K, packed_ptr, scale_ptr, zero_ptr, codebook_ptr, dq_scale_ptr, dq_offset_ptr,
+            dq_table_ptr, GROUP, DQ_GROUP, CODEBOOK, AFFINE, DOUBLE_QUANT,
+        )  # (BLOCK_K, BLOCK_N) fp32  # fmt: skip
+        acc = tl.dot(x, w.to(x.dtype), acc, input_precision=DOT_PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+    out = out_ptr + rows[:, None] * N + cols[None, :]
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=(rows[:, None] < M) & (cols[None, :] < N))
+
+
+def weight_args(w: Packed4Bit) -> tuple:
+    """The weight's kernel arguments, packed_ptr to DQ_GROUP (None where a format has no such tensor)."""
+    return (
+        w.packed, w.scale.contiguous(), w.zero_point, w.codebook, w.absmax_scale, w.absmax_offset, w.absmax_table,
+        w.group_size, w.absmax_block_size,
+    )  # fmt: skip
+
+
+def w4a16_linear_triton(x: torch.Tensor, w: Packed4Bit, bias: torch.Tensor | None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The Triton version of `w4a16_linear_reference`, x (…, K) -> (…, N), written into `out` (M, N) when given (the
+    tests fill it with NaN first, so that a tile left unwritten shows). For M ≤ 16 the kernel adds into a zeroed fp32
+    buffer, then copied into `out`."""
+    (N, K), lead = w.shape, x.shape[:-1]
+    x2 = x.reshape(-1, K).contiguous()  # (M, K)
+    M = x2.shape[0]
+    flags = {
+        "CODEBOOK": w.codebook is not None, "AFFINE": w.zero_point is not None, "DOUBLE_QUANT": w.double_quant,
+        "HAS_BIAS": bias is not None, "DOT_PRECISION": "ieee" if x.dtype == torch.float32 else None,  # fp32: no TF32
+    }  # fmt: skip
+    args = (M, N, K, triton.next_power_of_2(M), *weight_args(w))
+    out = torch.empty(M, N, dtype=x.dtype, device=x.device) if out is None else out
+    if M <= SMALL_M:
+        acc = torch.zeros(M, N, dtype=torch.float32, device=x.device)
+        grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), meta["SPLIT_K"])  # noqa: E731
+        w4a16_splitk_kernel[grid](x2, acc, bias, *args, **flags, BLOCK_M=SMALL_M)
+        return out.copy_(acc).view(*lead, N)
+    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
+    w4a16_tiled_kernel[grid](x2, out, bias, *args, **flags)
+    return out.view(*lead, N)
+
+
+def w4a16_linear(x: torch.Tensor, w: Packed4Bit, bias: torch.Tensor | None) -> torch.Tensor:
+    """y = x Ŵᵀ + b, x (…, K) -> (…, N) in x's dtype. The Triton kernels on CUDA, the reference elsewhere."""
+    if triton_runs_on(x, w.packed):
+        return w4a16_linear_triton(x, w, bias)
+    return w4a16_linear_reference(x, w, bias)

@@ -1,0 +1,147 @@
+"""W8A8 on the GPU: per-token int8 activations × per-channel int8 weights, the product in int32, in two kernels.
+
+The scheme is the vector-wise quantization of LLM.int8 (Dettmers et al. 2022, section 3.1, without its outlier
+decomposition) and SmoothQuant's per-token × per-channel W8A8 (Xiao et al. 2023, section 2, without smoothing);
+quant/qlinear.py's W8A8Linear states it and its error. The data, all contiguous and row-major:
+
+    x    (M, K) bf16 / fp16 / fp32      M tokens
+    X_q  (M, K) int8,  s_X (M, 1) fp32   s_X = max(absmax of the row, eps) / 127,  X_q = round(x / s_X)
+    W_q  (N, K) int8,  s_W (N, 1) fp32   made once by W8A8Linear.from_linear
+    y    (M, N) in x's dtype             y = (X_q W_qᵀ) ⊙ s_X ⊙ s_Wᵀ + b
+
+Kernel 1, `quantize_rows_kernel`: one program per token. It reads the row once for its absmax and once more to
+round it (the second read mostly hits the L2 cache); no kernel can skip the first pass, since every code needs
+the row's scale. Its cost is a copy of x, small against the GEMM.
+
+Kernel 2, `w8a8_kernel`: a tiled GEMM. Each program owns a (BLOCK_M, BLOCK_N) tile of y, walks K in BLOCK_K steps
+and accumulates tl.dot(X_q tile (BLOCK_M, BLOCK_K), W_qᵀ tile (BLOCK_K, BLOCK_N)) in int32 registers: int8 tensor
+cores, exact. The epilogue (int32 -> fp32, × s_X, × s_W, + b, cast to x's dtype) runs on the accumulator in
+registers, so y is written once; torch._int_mm instead writes the int32 product to memory (4 bytes an element)
+and the scaling reads it back. At M = N = K = 8192 the matmul needs 2 M N K = 1.1e12 int8 operations and moves
+M K + N K + 2 M N bytes: about 4 000 operations a byte, far above the H100's 1 979 TOPS / 3.35 TB/s ≈ 600, so the
+GEMM is compute-bound and its tiles are large, autotuned over a few shapes; programs go GROUP_M row tiles at a
+time so neighbours share tiles in the L2 cache.
+
+Each kernel sits beside its plain-torch reference (`quantize_rows_reference`, `w8a8_linear_reference`, the same
+operations in the same order as W8A8Linear's CPU path); `w8a8_linear` picks the kernels on CUDA when Triton
+imports, the reference elsewhere.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import autotuned, grouped_tile, jit, round_half_even, tl, triton, triton_runs_on
+
+EPS = torch.finfo(torch.float32).eps  # the smallest scale, as quant/uniform.py: an all-zero row gets codes 0
+
+
+# --- per-token activation quantization -----------------------------------------------------------------------------
+
+
+def quantize_rows_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (M, K) -> X_q (M, K) int8 and s_X (M, 1) fp32: symmetric absmax / 127 per row, round half to even."""
+    scale = x.float().abs().amax(-1, keepdim=True).clamp_min(EPS) / 127  # (M, 1)
+    return (x.float() / scale).round_().to(torch.int8), scale
+
+
+@jit
+def quantize_rows_kernel(x_ptr, q_ptr, s_ptr, K, EPS: tl.constexpr, BLOCK_K: tl.constexpr):
+    row = tl.program_id(0)
+    ks = tl.arange(0, BLOCK_K)  # (BLOCK_K,)
+    absmax = tl.zeros((BLOCK_K,), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        x = tl.load(x_ptr + row * K + k0 + ks, mask=k0 + ks < K, other=0.0).to(tl.float32)
+        absmax = tl.maximum(absmax, tl.abs(x))
+    scale = tl.math.div_rn(tl.maximum(tl.max(absmax, axis=0), EPS), 127.0)  # IEEE division, as torch's
+    tl.store(s_ptr + row, scale)
+    for k0 in range(0, K, BLOCK_K):
+        x = tl.load(x_ptr + row * K + k0 + ks, mask=k0 + ks < K, other=0.0).to(tl.float32)
+        tl.store(q_ptr + row * K + k0 + ks, round_half_even(tl.math.div_rn(x, scale)).to(tl.int8), mask=k0 + ks < K)
+
+
+def quantize_rows_triton(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Triton version of `quantize_rows_reference`: the same codes and scales."""
+    x = x.contiguous()
+    M, K = x.shape
+    codes = torch.empty(M, K, dtype=torch.int8, device=x.device)
+    scale = torch.empty(M, 1, dtype=torch.float32, device=x.device)
+    quantize_rows_kernel[(M,)](x, codes, scale, K, EPS=EPS, BLOCK_K=min(triton.next_power_of_2(K), 1024))
+    return codes, scale
+
+
+# --- the int8 GEMM with its fused epilogue -------------------------------------------------------------------------
+
+
+def exact_int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a (M, K) int8 @ b (N, K)ᵀ int8 -> (M, N) int32, exact: float64 holds every sum of K < 2^39 products ≤ 2^14."""
+    return (a.double() @ b.double().t()).to(torch.int32)
+
+
+def w8a8_linear_reference(x: torch.Tensor, w_codes: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x (M, K) float, W_q (N, K) int8, s_W (N, 1) fp32, b (N,) or None -> y (M, N) in x's dtype."""
+    codes, scale = quantize_rows_reference(x)  # (M, K) int8, (M, 1)
+    y = exact_int8_matmul(codes, w_codes).to(scale.dtype).mul_(scale).mul_(w_scale.t())  # (M, N) ⊙ (M, 1) ⊙ (1, N)
+    if bias is not None:
+        y = y.add_(bias)
+    return y.to(x.dtype)
+
+
+W8A8_CONFIGS = [  # H100: int8 tiles of 128 × 256 × 128 keep 3 stages in 144 KB of shared memory
+    {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 4},
+    {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4},
+    {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4},
+]  # fmt: skip
+W8A8_INTERPRETER_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2}
+
+
+@autotuned(W8A8_CONFIGS, W8A8_INTERPRETER_CONFIG, key=["M_CLASS", "N", "K"])
+def w8a8_kernel(
+    xq_ptr, sx_ptr, wq_ptr, sw_ptr, bias_ptr, out_ptr, M, N, K, M_CLASS,
+    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    """y tile = (X_q W_qᵀ) ⊙ s_X ⊙ s_Wᵀ + b. M_CLASS, the next power of two of M, only keys the autotuning cache."""
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,) tokens
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,) output channels
+    ks = tl.arange(0, BLOCK_K)  # (BLOCK_K,)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + ks
+        a = tl.load(xq_ptr + rows[:, None] * K + k[None, :], mask=(rows[:, None] < M) & (k[None, :] < K), other=0)  # (BM, BK)
+        b = tl.load(wq_ptr + cols[None, :] * K + k[:, None], mask=(cols[None, :] < N) & (k[:, None] < K), other=0)  # (BK, BN): W_qᵀ
+        acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+    s_x = tl.load(sx_ptr + rows, mask=rows < M, other=0.0)  # (BLOCK_M,)
+    s_w = tl.load(sw_ptr + cols, mask=cols < N, other=0.0)  # (BLOCK_N,)
+    y = acc.to(tl.float32) * s_x[:, None] * s_w[None, :]  # (BLOCK_M, BLOCK_N)
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+    out = out_ptr + rows[:, None] * N + cols[None, :]
+    tl.store(out, y.to(out_ptr.dtype.element_ty), mask=(rows[:, None] < M) & (cols[None, :] < N))
+
+
+def w8a8_matmul_triton(codes, scale, w_codes, w_scale, bias, dtype: torch.dtype, out: torch.Tensor | None = None) -> torch.Tensor:
+    """X_q (M, K) int8, s_X (M, 1), W_q (N, K) int8, s_W (N, 1), b (N,) or None -> y (M, N) of `dtype`, written into
+    `out` when given (the tests fill it with NaN first, so that a tile left unwritten shows)."""
+    (M, K), N = codes.shape, w_codes.shape[0]
+    out = torch.empty(M, N, dtype=dtype, device=codes.device) if out is None else out
+    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
+    w8a8_kernel[grid](
+        codes.contiguous(), scale.contiguous(), w_codes.contiguous(), w_scale.contiguous(), bias, out,
+        M, N, K, triton.next_power_of_2(M), HAS_BIAS=bias is not None,
+    )  # fmt: skip
+    return out
+
+
+def w8a8_linear_triton(x, w_codes, w_scale, bias, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The Triton version of `w8a8_linear_reference`: two launches, quantize the tokens, then the fused GEMM."""
+    codes, scale = quantize_rows_triton(x)
+    return w8a8_matmul_triton(codes, scale, w_codes, w_scale, bias, x.dtype, out)
+
+
+def w8a8_linear(x: torch.Tensor, w_codes: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """y = x Ŵᵀ + b, W8A8: x (M, K) -> (M, N). The Triton kernels on CUDA, the reference elsewhere."""
+    if triton_runs_on(x, w_codes):
+        return w8a8_linear_triton(x, w_codes, w_scale, bias)
+    return w8a8_linear_reference(x, w_codes, w_scale, bias)

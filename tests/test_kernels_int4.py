@@ -1,0 +1,118 @@
+"""The W4A16 Triton kernels (kernels/int4_mm.py) against their reference, and the reference against
+WeightOnlyLinear. On CPU both kernels (split-K for M ≤ 16, tiled above) run under Triton's interpreter in a
+subprocess (see kernel_helpers.py), on small odd shapes: M = 1, 3, 17, K not a multiple of the block, an odd K
+(each int4 row then has a spare nibble; NF4 blocks then span rows), int4 symmetric and affine, NF4 and FP4 with
+and without double quantization. The output is filled with NaN first. Error budget: ‖out − ref‖ / ‖ref‖ < 1e-3,
+ref = a float32 matmul over the dequantized weight (rounded to x's dtype, as the reference path does, and the
+result to x's dtype). The interpreter cannot tl.dot bf16, so bf16 runs on the GPU only (`pytest -m gpu`)."""
+
+import itertools
+from functools import partial
+
+import pytest
+import torch
+from kernel_helpers import poisoned, relative, result, run_interpreted
+from torch import nn
+
+from minitransformers.kernels.int4_mm import Packed4Bit, dequantize_reference, w4a16_linear, w4a16_linear_triton
+from minitransformers.quant.nonuniform import DYNAMIC_CODEBOOK
+from minitransformers.quant.qlinear import WeightOnlyLinear
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+FORMATS = {  # name -> WeightOnlyLinear.from_linear's method and options; group and block sizes small for small shapes
+    "int4": ("int4", {"group_size": 16}),
+    "int4-affine": ("int4", {"group_size": 16, "symmetric": False}),
+    "nf4": ("nf4", {"block_size": 64}),
+    "nf4-dq": ("nf4", {"block_size": 64, "double_quant": True}),
+    "fp4-dq": ("fp4", {"block_size": 64, "double_quant": True}),
+}
+
+
+def layer(fmt: str, K: int, N: int, device: str = "cpu", **override) -> WeightOnlyLinear:
+    method, options = FORMATS[fmt]
+    linear = nn.Linear(K, N, device=device)
+    with torch.no_grad():
+        linear.bias.normal_()  # never zero
+    return WeightOnlyLinear.from_linear(linear, method, **(options | override))
+
+
+def packed(q: WeightOnlyLinear) -> Packed4Bit:
+    return Packed4Bit.from_storage(q.layout, dict(q.named_buffers()), DYNAMIC_CODEBOOK)
+
+
+def measure(fmt: str, M: int, K: int, N: int, dtype: str, device: str = "cpu", **override) -> dict:
+    q = layer(fmt, K, N, device, **override)
+    dt = DTYPES[dtype]
+    x = torch.randn(M, K, device=device).to(dt)
+    ref = (x.float() @ q.dequantize().to(dt).float().t() + q.bias.to(dt).float()).to(dt)  # (M, N)
+    out = w4a16_linear_triton(x, packed(q), q.bias, out=poisoned(M, N, dt, device))
+    return {"unwritten": out.isnan().sum().item(), "relative_error": relative(out, ref)}
+
+
+SHAPES = [(1, 80, 45), (3, 48, 33), (17, 80, 45), (17, 112, 20)]  # (M, K, N): K a multiple of 16 (int4 groups), not of 32
+CASES = {
+    f"{fmt} M={M} K={K} N={N} {dt}": partial(measure, fmt, M, K, N, dt)
+    for fmt, (M, K, N), dt in itertools.product(FORMATS, SHAPES, ("fp32", "fp16"))
+} | {
+    f"{fmt} odd K M={M}": partial(measure, fmt, M, 77, 31, "fp32", **({"group_size": 7} if fmt.startswith("int4") else {}))
+    for fmt, M in itertools.product(FORMATS, (1, 17))
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def interpreted(tmp_path_factory):
+    return run_interpreted(__file__, tmp_path_factory.mktemp("int4_mm"))
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_w4a16_kernel_writes_every_output_within_the_error_budget(name, interpreted):
+    numbers = result(interpreted, name)
+    assert numbers["unwritten"] == 0
+    assert numbers["relative_error"] < 1e-3
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_reference_dequantizes_the_stored_layout_as_weight_only_linear(fmt):
+    for K, override in [(96, {}), (77, {"group_size": 7} if fmt.startswith("int4") else {})]:
+        q = layer(fmt, K, 13, **override)
+        assert torch.equal(dequantize_reference(packed(q)), q.dequantize())
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_dispatch_on_cpu_is_weight_only_linear_bit_for_bit(fmt):
+    q = layer(fmt, 96, 13)
+    x = torch.randn(2, 5, 96)
+    with torch.no_grad():
+        assert torch.equal(w4a16_linear(x, packed(q), q.bias), q(x))
+
+
+def test_int8_and_kmeans_layers_are_not_4_bit_kernel_formats():
+    for method in ("int8", "kmeans4"):
+        assert not Packed4Bit.supports(WeightOnlyLinear.from_linear(nn.Linear(32, 8), method).layout)
+
+
+GPU_M = [1, 2, 4, 8, 16, 64, 512, 4096]
+GPU_KN = list(itertools.product([768, 3072, 4096, 8192], repeat=2))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("fmt", ["int4", "nf4-dq"])
+@pytest.mark.parametrize("M", GPU_M)
+@pytest.mark.parametrize("K, N", GPU_KN)
+def test_w4a16_kernels_on_cuda_real_sizes(fmt, M, K, N):
+    override = {"group_size": 128} if fmt == "int4" else {}  # the default group; NF4 keeps QLoRA's B = 64
+    for dtype in ("bf16", "fp16"):
+        numbers = measure(fmt, M, K, N, dtype, device="cuda", **override)
+        assert numbers["unwritten"] == 0 and numbers["relative_error"] < 1e-3, numbers
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("fmt", ["int4-affine", "nf4", "fp4-dq"])
+@pytest.mark.parametrize("M", [1, 16, 17, 512])
+def test_w4a16_other_formats_on_cuda(fmt, M):
+    override = {"group_size": 128} if fmt.startswith("int4") else {}
+    for dtype in ("bf16", "fp32"):
+        numbers = measure(fmt, M, 3072, 768, dtype, device="cuda", **override)
+        assert numbers["unwritten"] == 0 and numbers["relative_error"] < 1e-3, numbers
