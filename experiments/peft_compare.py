@@ -24,12 +24,13 @@ from pathlib import Path
 
 import torch
 
-from minitransformers.peft.methods import METHODS
+from minitransformers.peft.methods import METHODS as ALL_METHODS
 from minitransformers.text.sources import data_dir
 
 from common import device_name, reference_name, run_all
 
 RESULTS = Path(__file__).resolve().parent / "results"
+METHODS = tuple(m for m in ALL_METHODS if m != "qlora")  # QLoRA, a quantized base, has its own experiment: qlora.py
 LR_GRID = {  # around what each paper used with AdamW-like optimisers; the third runs in the quick profile
     "full": [2e-5, 5e-5, 1e-4, 2e-4],  # BERT: 2e-5 to 5e-5; a 6-layer, 384-wide model takes larger steps
     "head": [1e-3, 3e-3, 1e-2, 3e-2],  # a linear probe on frozen features

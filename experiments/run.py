@@ -13,6 +13,7 @@ EXPERIMENTS = [
     ["finetune_sentiment.py", "--profile", PROFILE],
     ["mlm_pretrain.py", "--profile", PROFILE],
     ["peft_compare.py", "--profile", PROFILE],
+    ["qlora.py", "--profile", PROFILE],
     ["quant_compare.py", "--profile", PROFILE],
 ]
 

@@ -15,7 +15,7 @@ from minitransformers.peft.methods import METHODS, apply_method, load_classifier
 from minitransformers.text.tokenizer import Tokenizer
 
 OPTIONS = {  # small sizes for a 32-wide model
-    "full": [], "head": [], "bitfit": [], "lora": ["--lora-r", "4", "--lora-targets", "query", "value", "up"],
+    "full": [], "head": [], "bitfit": [], "lora": ["--lora-r", "4", "--lora-targets", "query", "value", "up"], "qlora": ["--lora-r", "4"],
     "houlsby": ["--reduction-factor", "8"], "pfeiffer": ["--reduction-factor", "8"],
     "prompt": ["--num-virtual-tokens", "4", "--max-length", "24"], "prefix": ["--num-virtual-tokens", "4"],
 }  # fmt: skip

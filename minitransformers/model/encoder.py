@@ -9,6 +9,12 @@ Devlin et al. 2019, "BERT", section 3, on the Transformer encoder of Vaswani et 
 `Encoder(input_ids, attention_mask, token_type_ids)` returns h_L, the last hidden states (B, T, H).
 BERT's pooler, when the checkpoint has one, sits beside the stack as `encoder.pooler` (it is part of HF's
 BertModel); the classifier head in heads.py may use it.
+
+Gradient checkpointing (Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost"): with
+`encoder.gradient_checkpointing = True`, training keeps only each layer's input for backward and runs the
+layer's forward again during backward to rebuild what it needs (`torch.utils.checkpoint`, non-reentrant,
+with the dropout masks replayed). The activations kept for backward shrink from every intermediate of every
+layer to one (B, T, H) tensor per layer, for about one more forward pass of compute.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..config import GELU_APPROXIMATION, EncoderConfig
 from ..io import hf
@@ -92,6 +99,7 @@ class Encoder(nn.Module):
         self.embeddings = Embeddings(config)
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_layers))
         self.pooler = Pooler(config.hidden_size) if add_pooler else None
+        self.gradient_checkpointing = False  # a training-time trade of compute for memory, see the module docstring
         self.apply(self._init_weights)
 
     @staticmethod
@@ -123,8 +131,9 @@ class Encoder(nn.Module):
         packing = Packing.from_mask(attention_mask) if self.config.unpad and attention_mask is not None else None
         if packing is not None:
             x = packing.pack(x)  # (N, H): the dense layers see real tokens only
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.layers:
-            x = layer(x, bias, packing)
+            x = checkpoint(layer, x, bias, packing, use_reentrant=False) if recompute else layer(x, bias, packing)
         return x if packing is None else packing.unpack(x)  # (B, T, H), zeros at padding
 
     @classmethod

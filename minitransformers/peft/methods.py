@@ -4,6 +4,7 @@
     head      the task head alone: a linear probe on frozen features
     bitfit    biases and the head (bitfit.py)
     lora      low-rank updates of chosen projections (lora.py)
+    qlora     LoRA on every Linear over a frozen NF4 base (qlora.py)
     houlsby   two bottleneck adapters per layer, LayerNorms train (adapters.py)
     pfeiffer  one bottleneck adapter per layer, after the FFN (adapters.py)
     prompt    learned input vectors (prompts.py, prompt tuning)
@@ -14,6 +15,8 @@ method, its options, the base model's folder and the head's shape) and `adapter.
 tensors, `common.trainable_state_dict`): kilobytes to a few MB instead of the whole model. `load_classifier`
 rebuilds the model from the base and those two files, whichever kind of folder it is given. Prefix tuning's
 reparameterisation MLP is dropped at save time (Li & Liang section 4.3): the saved prefix is the table P.
+QLoRA saves A, B and the head too; loading quantizes the base model to NF4 again, which is deterministic, so
+the rebuilt base is the trained one bit for bit.
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ from .bitfit import add_bitfit
 from .common import load_trainable_state_dict, mark_only_trainable, trainable_state_dict
 from .lora import add_lora
 from .prompts import add_prefix_tuning, add_prompt_tuning, merge_prefix
+from .qlora import add_qlora
 
-METHODS = ("full", "head", "bitfit", "lora", "houlsby", "pfeiffer", "prompt", "prefix")
+METHODS = ("full", "head", "bitfit", "lora", "qlora", "houlsby", "pfeiffer", "prompt", "prefix")
 CONFIG_FILE, WEIGHTS_FILE = "adapter.json", "adapter.safetensors"
 
 
@@ -46,6 +50,8 @@ def apply_method(model: SequenceClassifier, method: str, options: dict, tokenize
         return add_bitfit(model)
     if method == "lora":
         return add_lora(model, **options)
+    if method == "qlora":
+        return add_qlora(model, **options)
     if method in ("houlsby", "pfeiffer"):
         return add_adapters(model, kind=method, **options)
     if method == "prompt":

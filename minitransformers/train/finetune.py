@@ -6,6 +6,8 @@ validation set is kept, and only that model is scored on the test set.
 
 `--method` swaps full fine-tuning for a parameter-efficient method (peft/methods.py): the same loop, data and
 scoring, with the base frozen and only the method's parameters and the head in the optimizer.
+`--gradient-checkpointing` recomputes each encoder layer in the backward pass instead of keeping its
+activations (model/encoder.py), with any method.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ..model import SequenceClassifier
 from ..peft.common import count_parameters, parameter_summary
 from ..peft.methods import apply_method, load_classifier, save_finetuned
 from ..peft.peft_format import save_peft
+from ..peft.qlora import ALL_LINEAR
 from ..text.collate import collate, encode_examples
 from ..text.datasets import load_classification
 from ..text.tokenizer import Tokenizer
@@ -38,8 +41,10 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def method_options(args) -> dict:
     """The keyword arguments of the chosen method's add_* function, from its command-line flags."""
-    if args.method == "lora":
-        return {"r": args.lora_r, "alpha": args.lora_alpha, "dropout": args.lora_dropout, "targets": list(args.lora_targets)}
+    if args.method in ("lora", "qlora"):
+        targets = args.lora_targets or (ALL_LINEAR if args.method == "qlora" else ("query", "value"))
+        options = {"r": args.lora_r, "alpha": args.lora_alpha, "dropout": args.lora_dropout, "targets": list(targets)}
+        return options if args.method == "lora" else {**options, "double_quant": not args.no_double_quant}
     if args.method in ("houlsby", "pfeiffer"):
         return {"reduction_factor": args.reduction_factor, "train_layernorm": args.adapter_layernorm}
     if args.method == "prompt":
@@ -65,6 +70,7 @@ def finetune(args) -> dict:
         raise ValueError(f"--max-length {args.max_length} + {args.num_virtual_tokens} virtual tokens exceed the model's {model.encoder.config.max_position_embeddings} positions; lower --max-length")
     options = method_options(args)
     apply_method(model, args.method, options, tokenizer)
+    model.encoder.gradient_checkpointing = args.gradient_checkpointing
     if world.is_main:
         print(f"{args.method}: {parameter_summary(model)}")
 
