@@ -182,6 +182,21 @@ def test_pruning_ffn_neurons_equals_zeroing_their_down_columns_and_removes_2H_pl
     assert model.encoder.layers[1].ffn.up.weight.shape == (18, H) and model.encoder.layers[1].ffn.down.weight.shape == (H, 18)
 
 
+def test_a_structurally_pruned_model_saves_smaller_and_reloads_to_the_same_logits(tmp_path):
+    model, batch = classifier(), random_batch()
+    prune_heads(model, {0: [1], 1: [0, 2, 3]})
+    prune_ffn_neurons(model, {0: [4, 9], 1: list(range(20))})
+    model.save_pretrained(tmp_path)
+    loaded = SequenceClassifier.from_pretrained(tmp_path).eval()
+    assert [layer.attention.num_heads for layer in loaded.encoder.layers] == [3, 1]
+    assert [layer.ffn.up.out_features for layer in loaded.encoder.layers] == [35, 17]
+    assert n_params(loaded) == n_params(model) and torch.equal(logits(loaded, batch), logits(model, batch))
+    encoder = Encoder.from_pretrained(tmp_path).eval()  # the encoder alone, from the same folder
+    ids, mask, types, _ = batch
+    with torch.no_grad():
+        assert torch.equal(encoder(ids, mask, types), model.encoder(ids, mask, types))
+
+
 def test_pruning_every_head_or_a_missing_one_is_refused():
     model = classifier()
     with pytest.raises(ValueError, match="keep at least one"):

@@ -9,6 +9,7 @@ import torch
 
 from minitransformers.io.safetensors import load_file, save_file
 from minitransformers.model import SequenceClassifier
+from minitransformers.quant.prune import prune_ffn_neurons, prune_heads
 from minitransformers.quant.qlinear import METHODS, QuantizedLinear, quantize_model
 from minitransformers.quant.serialize import load_quantized, save_quantized
 from test_qlinear import CSR_WARNING, LINEARS, batch, classifier
@@ -33,6 +34,19 @@ def test_save_then_load_gives_identical_logits(tmp_path, method, options):
     layers = {n: m for n, m in loaded.named_modules() if isinstance(m, QuantizedLinear)}
     assert len(layers) == LINEARS and all(type(m) is type(model.get_submodule(n)) and m.layout == model.get_submodule(n).layout for n, m in layers.items())
     assert all(torch.equal(t, model.state_dict()[k]) and t.dtype == model.state_dict()[k].dtype for k, t in loaded.state_dict().items())
+
+
+def test_a_structurally_pruned_then_quantized_model_reloads_its_narrower_layers(tmp_path):
+    model = classifier()
+    prune_heads(model, {0: [0]})  # of 2
+    prune_ffn_neurons(model, {i: [0, 3] for i in range(len(model.encoder.layers))})
+    quantize_model(model, "int8")
+    save_quantized(model, tmp_path, "int8")
+    loaded = load_quantized(tmp_path).eval()
+    assert [layer.attention.num_heads for layer in loaded.encoder.layers] == [layer.attention.num_heads for layer in model.encoder.layers]
+    ids_mask = batch()
+    with torch.no_grad():
+        assert torch.equal(loaded(*ids_mask), model(*ids_mask))
 
 
 def test_quantization_json_records_method_options_and_modules(tmp_path):

@@ -78,6 +78,15 @@ def has_pooler(hf_state: dict[str, torch.Tensor]) -> bool:
     return "pooler.dense.weight" in strip_prefix(hf_state)
 
 
+def layer_widths(hf_state: dict[str, torch.Tensor], num_layers: int) -> list[tuple[int | None, int | None]]:
+    """(attention width = heads × head size, FFN width) of each layer as the checkpoint stores them: rows of
+    query and of the intermediate dense. A structurally pruned model (quant/prune.py) has fewer than
+    config.json says. None where a key is missing (the strict load names it)."""
+    state = strip_prefix(hf_state)
+    rows = lambda key: state[key].shape[0] if key in state else None  # noqa: E731
+    return [(rows(f"encoder.layer.{i}.attention.self.query.weight"), rows(f"encoder.layer.{i}.intermediate.dense.weight")) for i in range(num_layers)]
+
+
 def check_keys(found: dict, expected: dict, path, what: str, hint: str) -> None:
     """Fail, listing them, on missing, unexpected or mis-shaped keys of `found` against `expected`."""
     missing = sorted(set(expected) - set(found))

@@ -136,6 +136,23 @@ class Encoder(nn.Module):
             x = checkpoint(layer, x, bias, packing, use_reentrant=False) if recompute else layer(x, bias, packing)
         return x if packing is None else packing.unpack(x)  # (B, T, H), zeros at padding
 
+    def resize_layers(self, widths: list[tuple[int | None, int | None]]) -> Encoder:
+        """Give each layer the (attention width, FFN width) of a structurally pruned checkpoint, as hf.layer_widths
+        reads them: fresh Linear layers of those shapes, which loading then fills; fewer heads of the same size.
+        Loading a pruned folder this way needs nothing in config.json (transformers 5 no longer prunes heads on
+        load, so it cannot read such a folder)."""
+        H = self.config.hidden_size
+        for layer, (attention, ffn) in zip(self.layers, widths):
+            a = layer.attention
+            if attention is not None and attention != a.num_heads * a.head_dim:
+                if attention % a.head_dim:
+                    raise ValueError(f"query has {attention} rows, not a whole number of heads of size {a.head_dim}")
+                a.query, a.key, a.value, a.out = nn.Linear(H, attention), nn.Linear(H, attention), nn.Linear(H, attention), nn.Linear(attention, H)
+                a.num_heads = attention // a.head_dim
+            if ffn is not None and ffn != layer.ffn.up.out_features:
+                layer.ffn.up, layer.ffn.down = nn.Linear(H, ffn), nn.Linear(ffn, H)
+        return self
+
     @classmethod
     def from_pretrained(cls, path: str | Path, **config_overrides) -> Encoder:
         """Load an HF BERT folder (config.json + model.safetensors or pytorch_model.bin), strictly. A folder of
@@ -145,7 +162,7 @@ class Encoder(nn.Module):
         hf_state = hf.read_weights(path)
         if any(k.startswith("bert.") for k in hf_state):
             hf_state = {k: v for k, v in hf_state.items() if k.startswith("bert.")}
-        model = cls(config, add_pooler=hf.has_pooler(hf_state))
+        model = cls(config, add_pooler=hf.has_pooler(hf_state)).resize_layers(hf.layer_widths(hf_state, config.num_layers))
         model.load_state_dict(hf.to_ours(hf_state, config.num_layers, model.state_dict(), path))
         return model
 

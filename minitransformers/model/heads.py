@@ -97,7 +97,7 @@ class SequenceClassifier(nn.Module):
         encoder_state, head = hf.split_classifier(hf.read_weights(path), path)
         id2label = hf_config.get("id2label") or {str(i): f"LABEL_{i}" for i in range(hf_config.get("num_labels", 2))}
         labels = [id2label[key] for key in sorted(id2label, key=int)]
-        encoder = Encoder(config, add_pooler=hf.has_pooler(encoder_state))
+        encoder = Encoder(config, add_pooler=hf.has_pooler(encoder_state)).resize_layers(hf.layer_widths(encoder_state, config.num_layers))
         model = cls(encoder, len(labels), hf_config.get("pooling", "pooler"), hf_config.get("classifier_dropout"), labels)
         model.load_state_dict(hf.classifier_to_ours(encoder_state, head, config.num_layers, model.state_dict(), path))
         return model

@@ -43,7 +43,9 @@ by the loss's sensitivity to its gate, I_h = E_x |∂L(x)/∂ξ_h|, a first-orde
 costs; they prune a fraction of heads at a time, re-scoring in between. Without data, the score here is the L2
 norm of W_O,h: a head whose output projection is small adds little. FFN neurons get the same two scores, with a
 gate on each neuron's activation, or ‖W_1[i, :]‖ · ‖W_2[:, i]‖. Structured pruning here takes the same fraction
-from every layer (Michel et al. rank all heads together, after normalising the scores by layer).
+from every layer (Michel et al. rank all heads together, after normalising the scores by layer). A pruned model
+saves with `save_pretrained` (or `save_quantized`) as it is, narrower tensors under the same names, and loads back
+from those shapes (`Encoder.resize_layers`).
 """
 
 from __future__ import annotations

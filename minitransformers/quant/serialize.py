@@ -63,7 +63,10 @@ def load_quantized(path: str | Path) -> SequenceClassifier:
     hf_config = hf.read_config(path)
     id2label = hf_config["id2label"]
     labels = [id2label[key] for key in sorted(id2label, key=int)]
-    encoder = Encoder(EncoderConfig.from_hf(hf_config), add_pooler=any(k.startswith("encoder.pooler.") for k in state))
+    config = EncoderConfig.from_hf(hf_config)
+    encoder = Encoder(config, add_pooler=any(k.startswith("encoder.pooler.") for k in state))
+    encoder.resize_layers([(rows(f"encoder.layers.{i}.attention.query", quantization, state), rows(f"encoder.layers.{i}.ffn.up", quantization, state))
+                           for i in range(config.num_layers)])  # fmt: skip  # a structurally pruned model's narrower layers
     model = SequenceClassifier(encoder, len(labels), hf_config.get("pooling", "pooler"), hf_config.get("classifier_dropout"), labels)
     for name, entry in quantization["modules"].items():
         model.set_submodule(name, rebuild(path, name, entry, state))
@@ -72,6 +75,13 @@ def load_quantized(path: str | Path) -> SequenceClassifier:
     except RuntimeError as err:
         raise ValueError(f"{path / TENSORS} does not match config.json and {QUANTIZATION}: {err}") from None
     return model
+
+
+def rows(name: str, quantization: dict, state: dict[str, torch.Tensor]) -> int | None:
+    """The output width of the Linear `name` as saved: its layout's shape if quantized, else its weight's."""
+    if name in quantization["modules"]:
+        return quantization["modules"][name]["layout"]["shape"][0]
+    return state[f"{name}.weight"].shape[0] if f"{name}.weight" in state else None
 
 
 def rebuild(path: Path, name: str, entry: dict, state: dict[str, torch.Tensor]) -> nn.Module:
