@@ -5,7 +5,9 @@
     kmeans.py      k-means weight clustering and centroid fine-tuning (Deep Compression)
     prune.py       magnitude, N:M and structured pruning; masks kept while training; the cubic schedule
     pack.py        two 4-bit codes per byte
-    qlinear.py     quantized nn.Linear replacements (W8A8 through torch._int_mm, weight-only 4/8-bit, sparse), quantize_model
+    layer.py       what the quantized and sparse Linear layers share: buffers + layout, byte counts
+    qlinear.py     quantized nn.Linear replacements (W8A8 through torch._int_mm, weight-only 4/8-bit), quantize_model
+    sparse.py      pruned nn.Linear replacements: dense, CSR or 2:4, whichever is smallest
     serialize.py   save and reload a quantized classifier, packed
     deep_compression.py  Deep Compression's storage: clustered pruned layers, relative indices, Huffman coding
 """
