@@ -40,8 +40,11 @@ EPS = torch.finfo(torch.float32).eps  # the smallest scale, as quant/uniform.py:
 
 
 def quantize_rows_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x (M, K) -> X_q (M, K) int8 and s_X (M, 1) fp32: symmetric absmax / 127 per row, round half to even."""
-    scale = x.float().abs().amax(-1, keepdim=True).clamp_min(EPS) / 127  # (M, 1)
+    """x (M, K) -> X_q (M, K) int8 and s_X (M, 1) fp32: symmetric absmax / 127 per row, round half to even.
+    127 is a tensor on x's device: on CUDA, PyTorch divides by a Python number as a multiplication by its rounded
+    reciprocal, which can miss the correctly rounded quotient (the kernel's div_rn) by one ulp."""
+    absmax = x.float().abs().amax(-1, keepdim=True).clamp_min(EPS)  # (M, 1)
+    scale = absmax / torch.full((), 127.0, device=x.device)  # (M, 1)
     return (x.float() / scale).round_().to(torch.int8), scale
 
 
