@@ -1,10 +1,12 @@
 """The W4A16 Triton kernels (kernels/int4_mm.py) against their reference, and the reference against
 WeightOnlyLinear. On CPU both kernels (split-K for M ≤ 16, tiled above) run under Triton's interpreter in a
-subprocess (see kernel_helpers.py), on small odd shapes: M = 1, 3, 17, K not a multiple of the block, an odd K
-(each int4 row then has a spare nibble; NF4 blocks then span rows), int4 symmetric and affine, NF4 and FP4 with
-and without double quantization. The output is filled with NaN first. Error budget: ‖out − ref‖ / ‖ref‖ < 1e-3,
-ref = a float32 matmul over the dequantized weight (rounded to x's dtype, as the reference path does, and the
-result to x's dtype). The interpreter cannot tl.dot bf16, so bf16 runs on the GPU only (`pytest -m gpu`)."""
+subprocess (see kernel_helpers.py), on small odd shapes: M = 1, 3, 17, K not a multiple of the block (128 under
+the interpreter), groups smaller and larger than the block, int4 symmetric and affine, NF4 and FP4 with and
+without double quantization. The output is filled with NaN first. Error budget: ‖out − ref‖ / ‖ref‖ < 1e-3, ref
+= a float32 matmul over the dequantized weight as the kernel multiplies it (rounded to x's dtype) plus the float32
+bias, rounded once to x's dtype, as the kernel's fp32 accumulator is. Weights the kernels do not take (odd K,
+groups that are not a power of two) go to the reference. The interpreter cannot tl.dot bf16, so bf16 runs on the
+GPU only (`pytest -m gpu`)."""
 
 import itertools
 from functools import partial
@@ -44,18 +46,18 @@ def measure(fmt: str, M: int, K: int, N: int, dtype: str, device: str = "cpu", *
     q = layer(fmt, K, N, device, **override)
     dt = DTYPES[dtype]
     x = torch.randn(M, K, device=device).to(dt)
-    ref = (x.float() @ q.dequantize().to(dt).float().t() + q.bias.to(dt).float()).to(dt)  # (M, N)
+    ref = (x.float() @ q.dequantize().to(dt).float().t() + q.bias.float()).to(dt)  # (M, N)
     out = w4a16_linear_triton(x, packed(q), q.bias, out=poisoned(M, N, dt, device))
     return {"unwritten": out.isnan().sum().item(), "relative_error": relative(out, ref)}
 
 
-SHAPES = [(1, 80, 45), (3, 48, 33), (17, 80, 45), (17, 112, 20)]  # (M, K, N): K a multiple of 16 (int4 groups), not of 32
+SHAPES = [(1, 320, 45), (3, 192, 33), (17, 320, 45), (17, 448, 20)]  # (M, K, N): K a multiple of 64 (NF4 blocks), not of 128
 CASES = {
     f"{fmt} M={M} K={K} N={N} {dt}": partial(measure, fmt, M, K, N, dt)
     for fmt, (M, K, N), dt in itertools.product(FORMATS, SHAPES, ("fp32", "fp16"))
 } | {
-    f"{fmt} odd K M={M}": partial(measure, fmt, M, 77, 31, "fp32", **({"group_size": 7} if fmt.startswith("int4") else {}))
-    for fmt, M in itertools.product(FORMATS, (1, 17))
+    f"{fmt} group 256 M={M}": partial(measure, fmt, M, 768, 24, "fp32", group_size=256)  # one group spans two blocks
+    for fmt, M in itertools.product(("int4", "int4-affine"), (1, 17))
 }  # fmt: skip
 
 
@@ -84,6 +86,16 @@ def test_dispatch_on_cpu_is_weight_only_linear_bit_for_bit(fmt):
     x = torch.randn(2, 5, 96)
     with torch.no_grad():
         assert torch.equal(w4a16_linear(x, packed(q), q.bias), q(x))
+
+
+@pytest.mark.parametrize("fmt, K, group", [("int4", 77, 7), ("int4", 96, 48), ("nf4", 96, 64), ("nf4-dq", 77, 64)])
+def test_weights_the_kernels_do_not_take_go_to_the_reference(fmt, K, group):
+    q = layer(fmt, K, 5, **({"group_size": group} if fmt.startswith("int4") else {"block_size": group}))
+    w, x = packed(q), torch.randn(3, K)
+    assert not w.kernel_ready
+    with pytest.raises(ValueError, match="K even"):
+        w4a16_linear_triton(x, w, q.bias)
+    torch.testing.assert_close(w4a16_linear(x, w, q.bias), x @ q.dequantize().t() + q.bias, rtol=1e-5, atol=1e-5)
 
 
 def test_int8_and_kmeans_layers_are_not_4_bit_kernel_formats():

@@ -18,9 +18,14 @@ element 2i in the HIGH nibble of byte i (quant/pack.py, bitsandbytes' order). Tw
         absmax[b] = absmax_table[absmax_codes[b]] · absmax_scale[b // 256] + absmax_offset,
       so it reads 1 byte a block instead of 4 (the same arithmetic as DoubleQuantized.dequantize).
 
-Each program loads its (BLOCK_K, BLOCK_N) tile of Ŵᵀ as bytes (each byte addressed by both of its nibbles; the
-two loads of one address coalesce), takes the nibble, looks up the scale, zero point or codebook value, and
-multiplies in registers; the dequantized weight never exists in memory. That is the point of W4A16 (Frantar et
+When K is even and a whole number of groups, the two layouts agree: byte j of row n sits at n K / 2 + j and
+holds inputs 2j (high nibble) and 2j + 1 (low), which share one scale. Each program reads its tile of Ŵᵀ as a
+(BLOCK_K / 2, BLOCK_N) tile of BYTES, contiguous along K, so the load is coalesced and vectorised; splits each
+byte into its high and low codes, giving the weights of the even and of the odd inputs; reads the tile's
+BLOCK_K / G scales once per row (decoding double-quantized absmax there) and broadcasts them; and computes
+x_even Ŵ_evenᵀ + x_odd Ŵ_oddᵀ as two tl.dot of half depth, x read with stride 2. The codebook value (NF4 / FP4)
+is a gather from a 16-entry table that stays in L1. The dequantized weight lives in registers only, never in
+memory. That is the point of W4A16 (Frantar et
 al.'s GPTQ kernels, AWQ, Marlin): a matmul over few tokens reads each weight once and does 2 M flops with it, so
 at M = 1 it is bound by memory, and reading 4.5 bits a weight instead of 16 makes it up to 16 / 4.5 ≈ 3.6× (int4,
 G = 128: 4.25 bits, 3.8×) faster than bf16. Two variants:
@@ -38,7 +43,7 @@ G = 128: 4.25 bits, 3.8×) faster than bf16. Two variants:
 
 Block sizes are autotuned over a few configs each. The plain-torch reference (`dequantize_reference`, then
 F.linear) is what WeightOnlyLinear computes without a GPU; `w4a16_linear` picks the kernels on CUDA when
-Triton imports, the reference elsewhere.
+Triton imports and the weight is `kernel_ready` (K even, power-of-two groups), the reference elsewhere.
 """
 
 from __future__ import annotations
@@ -92,6 +97,14 @@ class Packed4Bit:
     def double_quant(self) -> bool:
         return self.absmax_table is not None
 
+    @property
+    def kernel_ready(self) -> bool:
+        """Whether the kernels take this weight: K even and a whole number of groups (blocks) of a power-of-two size
+        G ≥ 2, so that every row starts on a byte and every byte's two codes share a scale. Real models always
+        qualify; the dispatch sends the others to the reference."""
+        K, G = self.shape[1], self.group_size
+        return K % 2 == 0 and K % G == 0 and G >= 2 and G & (G - 1) == 0
+
 
 # --- the reference: dequantize, then F.linear ---------------------------------------------------------------------
 
@@ -125,44 +138,66 @@ def w4a16_linear_reference(x: torch.Tensor, w: Packed4Bit, bias: torch.Tensor | 
 
 
 @jit
-def dequantize_tile(
-    k, n, N, K, packed_ptr, scale_ptr, zero_ptr, codebook_ptr, dq_scale_ptr, dq_offset_ptr, dq_table_ptr,
+def dequantize_pairs(
+    k0, j, n, N, K, packed_ptr, scale_ptr, zero_ptr, codebook_ptr, dq_scale_ptr, dq_offset_ptr, dq_table_ptr,
     GROUP: tl.constexpr, DQ_GROUP: tl.constexpr, CODEBOOK: tl.constexpr, AFFINE: tl.constexpr, DOUBLE_QUANT: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """Ŵᵀ[k, n] in fp32 for inputs k (BLOCK_K, 1) and outputs n (1, BLOCK_N): a (BLOCK_K, BLOCK_N) tile, 0 outside W."""
-    inside = (k < K) & (n < N)
-    if CODEBOOK:
-        index = n * K + k  # the flat index: the whole weight is packed as one row
+    """Ŵᵀ at the even inputs k0 + 2j and the odd inputs k0 + 2j + 1, for bytes j (BLOCK_K/2, 1) and outputs n
+    (1, BLOCK_N): two (BLOCK_K/2, BLOCK_N) fp32 tiles, 0 outside W. Byte j of row n holds both (K is even)."""
+    inside = (k0 + 2 * j < K) & (n < N)  # (BK/2, BN)
+    byte = tl.load(packed_ptr + n * (K // 2) + k0 // 2 + j, mask=inside, other=0).to(tl.int32)  # one coalesced load
+    high, low = byte >> 4, byte & 0xF  # codes of inputs k0 + 2j and k0 + 2j + 1
+    # The scales of the tile: S per row, S = BLOCK_K / GROUP groups, or 1 when a group covers the tile.
+    S: tl.constexpr = BLOCK_K // GROUP if BLOCK_K >= GROUP else 1
+    g = tl.arange(0, S)[:, None]  # (S, 1)
+    group = n * (K // GROUP) + k0 // GROUP + g  # (S, BN) indices into the (N, K / G) scales
+    first = (k0 + g * GROUP < K) & (n < N)  # (S, BN)
+    if DOUBLE_QUANT:
+        absmax_code = tl.load(scale_ptr + group, mask=first, other=0).to(tl.int32)
+        scale = tl.load(dq_table_ptr + absmax_code) * tl.load(dq_scale_ptr + group // DQ_GROUP, mask=first, other=0.0)
+        scale += tl.load(dq_offset_ptr)
     else:
-        index = n * (2 * tl.cdiv(K, 2)) + k  # each row packed on its own
-    byte = tl.load(packed_ptr + index // 2, mask=inside, other=0).to(tl.int32)
-    code = (byte >> (4 - 4 * (index % 2))) & 0xF  # element 2i in the high nibble
+        scale = tl.load(scale_ptr + group, mask=first, other=0.0)
+    scale = tl.reshape(tl.broadcast_to(scale[:, None, :], (S, BLOCK_K // 2 // S, scale.shape[1])), (BLOCK_K // 2, scale.shape[1]))
     if CODEBOOK:
-        block = index // GROUP
-        if DOUBLE_QUANT:
-            absmax_code = tl.load(scale_ptr + block, mask=inside, other=0).to(tl.int32)
-            absmax_scale = tl.load(dq_scale_ptr + block // DQ_GROUP, mask=inside, other=0.0)
-            absmax = tl.load(dq_table_ptr + absmax_code) * absmax_scale + tl.load(dq_offset_ptr)
-        else:
-            absmax = tl.load(scale_ptr + block, mask=inside, other=0.0)
-        w = tl.load(codebook_ptr + code) * absmax
+        return tl.load(codebook_ptr + high) * scale, tl.load(codebook_ptr + low) * scale
+    if AFFINE:
+        zero = tl.load(zero_ptr + group, mask=first, other=0).to(tl.int32)
+        zero = tl.reshape(tl.broadcast_to(zero[:, None, :], (S, BLOCK_K // 2 // S, zero.shape[1])), (BLOCK_K // 2, zero.shape[1]))
     else:
-        group = n * (K // GROUP) + k // GROUP
-        if AFFINE:
-            zero = tl.load(zero_ptr + group, mask=inside, other=0).to(tl.int32)
-        else:
-            zero = 8
-        w = (code - zero).to(tl.float32) * tl.load(scale_ptr + group, mask=inside, other=0.0)
-    return w
+        zero = 8
+    return (high - zero).to(tl.float32) * scale, (low - zero).to(tl.float32) * scale
 
 
-SPLITK_CONFIGS = [
-    {"BLOCK_N": 64, "BLOCK_K": 128, "SPLIT_K": 8, "num_warps": 4, "num_stages": 3},
-    {"BLOCK_N": 128, "BLOCK_K": 128, "SPLIT_K": 4, "num_warps": 4, "num_stages": 3},
-    {"BLOCK_N": 64, "BLOCK_K": 256, "SPLIT_K": 4, "num_warps": 8, "num_stages": 3},
-    {"BLOCK_N": 32, "BLOCK_K": 256, "SPLIT_K": 8, "num_warps": 4, "num_stages": 2},
+@jit
+def accumulate_tile(
+    acc, x_ptr, rows, cols, k0, M, N, K, packed_ptr, scale_ptr, zero_ptr, codebook_ptr, dq_scale_ptr, dq_offset_ptr,
+    dq_table_ptr, GROUP: tl.constexpr, DQ_GROUP: tl.constexpr, CODEBOOK: tl.constexpr, AFFINE: tl.constexpr,
+    DOUBLE_QUANT: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """acc (BLOCK_M, BLOCK_N) + x[rows, k0 : k0 + BLOCK_K] Ŵᵀ[k0 : k0 + BLOCK_K, cols], as two dots: even inputs, odd inputs."""
+    j = tl.arange(0, BLOCK_K // 2)  # (BK/2,) byte of the tile
+    w_even, w_odd = dequantize_pairs(
+        k0, j[:, None], cols[None, :], N, K, packed_ptr, scale_ptr, zero_ptr, codebook_ptr, dq_scale_ptr, dq_offset_ptr,
+        dq_table_ptr, GROUP, DQ_GROUP, CODEBOOK, AFFINE, DOUBLE_QUANT, BLOCK_K,
+    )  # (BK/2, BN) each  # fmt: skip
+    even = k0 + 2 * j[None, :]  # (1, BK/2)
+    mask = (rows[:, None] < M) & (even < K)  # (BM, BK/2); K even, so the odd input is inside too
+    x_even = tl.load(x_ptr + rows[:, None] * K + even, mask=mask, other=0.0)  # (BM, BK/2)
+    x_odd = tl.load(x_ptr + rows[:, None] * K + even + 1, mask=mask, other=0.0)  # (BM, BK/2)
+    acc = tl.dot(x_even, w_even.to(x_even.dtype), acc, input_precision=DOT_PRECISION)
+    return tl.dot(x_odd, w_odd.to(x_odd.dtype), acc, input_precision=DOT_PRECISION)
+
+
+SPLITK_CONFIGS = [  # NF4's codebook gathers are pipelined too and fill shared memory; the last config fits them all
+    {"BLOCK_N": 128, "BLOCK_K": 256, "SPLIT_K": 4, "num_warps": 4, "num_stages": 3},
+    {"BLOCK_N": 64, "BLOCK_K": 256, "SPLIT_K": 8, "num_warps": 4, "num_stages": 3},
+    {"BLOCK_N": 128, "BLOCK_K": 128, "SPLIT_K": 8, "num_warps": 4, "num_stages": 4},
+    {"BLOCK_N": 256, "BLOCK_K": 128, "SPLIT_K": 4, "num_warps": 8, "num_stages": 3},
+    {"BLOCK_N": 64, "BLOCK_K": 128, "SPLIT_K": 8, "num_warps": 4, "num_stages": 2},
 ]  # fmt: skip
-SPLITK_INTERPRETER_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 32, "SPLIT_K": 2}
+SPLITK_INTERPRETER_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 128, "SPLIT_K": 2}
 
 
 @autotuned(SPLITK_CONFIGS, SPLITK_INTERPRETER_CONFIG, key=["M_CLASS", "N", "K"], reset_to_zero=["out_ptr"])
@@ -176,17 +211,13 @@ def w4a16_splitk_kernel(
     pid_n, pid_k = tl.program_id(0), tl.program_id(1)
     rows = tl.arange(0, BLOCK_M)  # (BLOCK_M,) tokens, all of them
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,) output channels
-    ks = tl.arange(0, BLOCK_K)  # (BLOCK_K,)
     per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K  # K inputs per slice, whole blocks
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(pid_k * per_split, tl.minimum((pid_k + 1) * per_split, K), BLOCK_K):
-        k = k0 + ks
-        x = tl.load(x_ptr + rows[:, None] * K + k[None, :], mask=(rows[:, None] < M) & (k[None, :] < K), other=0.0)  # (BM, BK)
-        w = dequantize_tile(
-            k[:, None], cols[None, :], N, K, packed_ptr, scale_ptr, zero_ptr, codebook_ptr, dq_scale_ptr, dq_offset_ptr,
-            dq_table_ptr, GROUP, DQ_GROUP, CODEBOOK, AFFINE, DOUBLE_QUANT,
-        )  # (BLOCK_K, BLOCK_N) fp32  # fmt: skip
-        acc = tl.dot(x, w.to(x.dtype), acc, input_precision=DOT_PRECISION)
+        acc = accumulate_tile(
+            acc, x_ptr, rows, cols, k0, M, N, K, packed_ptr, scale_ptr, zero_ptr, codebook_ptr, dq_scale_ptr, dq_offset_ptr,
+            dq_table_ptr, GROUP, DQ_GROUP, CODEBOOK, AFFINE, DOUBLE_QUANT, DOT_PRECISION, BLOCK_K,
+        )  # fmt: skip
     if HAS_BIAS:
         bias = tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)  # (BLOCK_N,)
         acc += tl.where(pid_k == 0, bias, 0.0)[None, :]
@@ -199,7 +230,7 @@ TILED_CONFIGS = [
     {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 4},
     {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 3},
 ]  # fmt: skip
-TILED_INTERPRETER_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32, "GROUP_M": 2}
+TILED_INTERPRETER_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 128, "GROUP_M": 2}
 
 
 @autotuned(TILED_CONFIGS, TILED_INTERPRETER_CONFIG, key=["M_CLASS", "N", "K"])
@@ -213,16 +244,12 @@ def w4a16_tiled_kernel(
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,) tokens
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,) output channels
-    ks = tl.arange(0, BLOCK_K)  # (BLOCK_K,)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        k = k0 + ks
-        x = tl.load(x_ptr + rows[:, None] * K + k[None, :], mask=(rows[:, None] < M) & (k[None, :] < K), other=0.0)  # (BM, BK)
-        w = dequantize_tile(
-            k[:, None], cols[None, :], N, K, packed_ptr, scale_ptr, zero_ptr, codebook_ptr, dq_scale_ptr, dq_offset_ptr,
-            dq_table_ptr, GROUP, DQ_GROUP, CODEBOOK, AFFINE, DOUBLE_QUANT,
-        )  # (BLOCK_K, BLOCK_N) fp32  # fmt: skip
-        acc = tl.dot(x, w.to(x.dtype), acc, input_precision=DOT_PRECISION)
+        acc = accumulate_tile(
+            acc, x_ptr, rows, cols, k0, M, N, K, packed_ptr, scale_ptr, zero_ptr, codebook_ptr, dq_scale_ptr, dq_offset_ptr,
+            dq_table_ptr, GROUP, DQ_GROUP, CODEBOOK, AFFINE, DOUBLE_QUANT, DOT_PRECISION, BLOCK_K,
+        )  # fmt: skip
     if HAS_BIAS:
         acc += tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
     out = out_ptr + rows[:, None] * N + cols[None, :]
@@ -241,6 +268,9 @@ def w4a16_linear_triton(x: torch.Tensor, w: Packed4Bit, bias: torch.Tensor | Non
     """The Triton version of `w4a16_linear_reference`, x (…, K) -> (…, N), written into `out` (M, N) when given (the
     tests fill it with NaN first, so that a tile left unwritten shows). For M ≤ 16 the kernel adds into a zeroed fp32
     buffer, then copied into `out`."""
+    if not w.kernel_ready:
+        raise ValueError(f"the W4A16 kernels need K even and a whole number of power-of-two groups; got (N, K) = {w.shape}, "
+                         f"group {w.group_size}: use w4a16_linear, which sends such weights to the reference")
     (N, K), lead = w.shape, x.shape[:-1]
     x2 = x.reshape(-1, K).contiguous()  # (M, K)
     M = x2.shape[0]
@@ -262,6 +292,6 @@ def w4a16_linear_triton(x: torch.Tensor, w: Packed4Bit, bias: torch.Tensor | Non
 
 def w4a16_linear(x: torch.Tensor, w: Packed4Bit, bias: torch.Tensor | None) -> torch.Tensor:
     """y = x Ŵᵀ + b, x (…, K) -> (…, N) in x's dtype. The Triton kernels on CUDA, the reference elsewhere."""
-    if triton_runs_on(x, w.packed):
+    if triton_runs_on(x, w.packed) and w.kernel_ready:
         return w4a16_linear_triton(x, w, bias)
     return w4a16_linear_reference(x, w, bias)

@@ -39,6 +39,7 @@ float32, one per block; double quantization stores bnb's `absmax` (uint8), `offs
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -123,6 +124,12 @@ def dynamic_codebook() -> torch.Tensor:
 
 
 DYNAMIC_CODEBOOK = dynamic_codebook()
+
+
+@functools.cache
+def dynamic_codebook_on(device: torch.device) -> torch.Tensor:
+    """DYNAMIC_CODEBOOK on `device`, copied once per device: the 4-bit kernels read it at every call."""
+    return DYNAMIC_CODEBOOK.to(device)
 
 
 def quantize_codebook(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,7 @@ from ..kernels.int4_mm import Packed4Bit, w4a16_linear
 from ..kernels.int8_mm import w8a8_linear
 from .kmeans import KMeansQuantized, kmeans_quantize
 from .layer import QuantizedLinear, bias_entry, nbytes
-from .nonuniform import DYNAMIC_CODEBOOK, CodebookQuantized, DoubleQuantized, quantize_fp4, quantize_nf4
+from .nonuniform import CodebookQuantized, DoubleQuantized, dynamic_codebook_on, quantize_fp4, quantize_nf4
 from .pack import pack_int4, unpack_int4
 from .prune import SKIP, skipped
 from .sparse import SparseLinear
@@ -237,7 +237,7 @@ def weight_only_matmul(x: torch.Tensor, layer: WeightOnlyLinear) -> torch.Tensor
     4-bit layers (int4 per group, NF4 / FP4) on CUDA with Triton take the fused dequantize-and-multiply kernels of
     kernels/int4_mm.py, which read the packed buffers in place. Elsewhere this reference dequantizes, then matmuls."""
     if triton_runs_on(x) and Packed4Bit.supports(layer.layout):
-        weight = Packed4Bit.from_storage(layer.layout, dict(layer.named_buffers(recurse=False)), DYNAMIC_CODEBOOK)
+        weight = Packed4Bit.from_storage(layer.layout, dict(layer.named_buffers(recurse=False)), dynamic_codebook_on(x.device))
         return w4a16_linear(x, weight, layer.bias)
     bias = None if layer.bias is None else layer.bias.to(x.dtype)
     return F.linear(x, layer.dequantize().to(x.dtype), bias)
