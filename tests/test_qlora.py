@@ -21,7 +21,7 @@ from minitransformers.model import SequenceClassifier
 from minitransformers.peft.lora import LoRALinear, lora_layers
 from minitransformers.peft.methods import apply_method, load_classifier
 from minitransformers.peft.qlora import ALL_LINEAR, NF4Linear, add_qlora, base_memory, dequantize_base, merge_qlora
-from minitransformers.quant.qlinear import WeightOnlyLinear
+from minitransformers.quant.qlinear import WeightOnlyLinear, weight_only_matmul
 
 CONFIG = EncoderConfig(vocab_size=97, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, max_position_embeddings=24, hidden_dropout=0.1, attention_dropout=0.1)
 
@@ -74,6 +74,36 @@ def test_gradients_through_nf4_equal_those_through_its_dequantized_fp32_copy():
         grads.append({"x": xi.grad, "lora_A": layer.lora_A.grad, "lora_B": layer.lora_B.grad, "bias": layer.base.bias.grad})
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6 * grads[1][name].abs().max().item())
+
+
+def test_under_autocast_nf4_computes_in_bf16_as_a_linear_over_its_dequantized_weight(monkeypatch):
+    """QLoRA's bf16 compute dtype: autocast's F.linear casts x and the weight to bf16, returns bf16, and sends the
+    gradient back to x in float32; the NF4 layer must do the same, and hand bf16 x to the kernels' seam (on CPU
+    the reference's own F.linear would autocast anyway, so the seam is watched)."""
+    import minitransformers.peft.qlora as qlora
+
+    seen = []
+    monkeypatch.setattr(qlora, "weight_only_matmul", lambda x, layer: seen.append(x.dtype) or weight_only_matmul(x, layer))
+    linear = nn.Linear(192, 96)
+    nf4 = NF4Linear.from_linear(linear)
+    fp32 = dequantize_base(nn.Sequential(copy.deepcopy(nf4)))[0]  # nn.Linear holding Ŵ
+    x, grad_y = torch.randn(5, 192), torch.randn(5, 96)
+    outs, grads = [], []
+    for layer in (nf4, fp32):
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = layer(xi)
+        (y.float() * grad_y).sum().backward()
+        outs.append(y)
+        grads.append(xi.grad)
+    assert seen == [torch.bfloat16]
+    assert outs[0].dtype == outs[1].dtype == torch.bfloat16 and grads[0].dtype == torch.float32
+    torch.testing.assert_close(outs[0].float(), outs[1].float(), rtol=2e-2, atol=2e-2)  # bf16: 8 significant bits
+    assert relative_error(grads[0], grads[1]) < 1e-2
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 def test_nf4_layer_saves_no_dequantized_weight_for_backward():
