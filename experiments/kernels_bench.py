@@ -1,9 +1,10 @@
 """The Triton kernels of minitransformers/kernels against cuBLAS and the libraries, on one CUDA GPU.
 
-One process, the same inputs for every contender. Each call is timed alone with CUDA events, after a 256 MB
-write that flushes the L2 cache (an 8192² int4 weight, 34 MB, would otherwise stay in the H100's 50 MB L2 between
-calls), and that also hides Python's launch time from the events; the activations rotate over several buffers.
-Reported: the median over the calls.
+One process, the same inputs for every contender. Each call follows a 256 MB write that flushes the L2 cache (an
+8192² int4 weight, 34 MB, would otherwise stay in the H100's 50 MB L2 between calls); the activations rotate over
+several buffers. "ms" is the GPU time of a call, from CUDA-graph replays of many calls with no launch gaps (the
+flushes' own time subtracted); "eager ms" is one call launched from Python between CUDA events, the median over
+the calls, which also counts launch time when launching takes longer than the flush before it (see `Timer`).
 
 - W4A16, M = 1 … 64 tokens, K = N = 8192 and BERT-base's FFN shapes (768 -> 3072, 3072 -> 768): bf16 F.linear
   (cuBLAS), our int4 per group (G = 128) and NF4 (B = 64, plain and double-quantized), bitsandbytes Linear4bit
@@ -41,13 +42,19 @@ W8A8_SHAPES = [(8192, 8192, 8192), (4096, 768, 3072), (4096, 3072, 768), (4096, 
 
 
 class Timer:
-    """Median CUDA-event time of fn(x) over `repeats` calls, the L2 flushed before each, x rotating over `inputs`."""
+    """Two medians of fn(x), x rotating over `inputs`, the L2 flushed before each call:
+
+    - `eager_ms`: each call alone between CUDA events, launched from Python. When the CPU takes longer to launch
+      a call than the GPU takes to run the flush before it, the GPU waits, and the wait is counted: small
+      calls through Python wrappers and Triton's launcher measure their launch cost here.
+    - `graph_ms`: `repeats` calls (each after its flush) captured in one CUDA graph and replayed, minus the same
+      graph of flushes alone, divided by `repeats`: the GPU time of a call, with no launch gaps (METHOD.md)."""
 
     def __init__(self, warmup: int, repeats: int):
         self.warmup, self.repeats = warmup, repeats
         self.flush = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
 
-    def median_ms(self, fn, inputs: list[torch.Tensor]) -> float:
+    def eager_ms(self, fn, inputs: list[torch.Tensor]) -> float:
         for i in range(self.warmup):
             fn(inputs[i % len(inputs)])
         times = []
@@ -61,6 +68,34 @@ class Timer:
             times.append(start.elapsed_time(end))
         return statistics.median(times)
 
+    def graph_ms(self, fn, inputs: list[torch.Tensor], replays: int = 5) -> float:
+        """After eager_ms has warmed fn up (compiled, autotuned)."""
+
+        def calls(with_fn: bool):
+            for i in range(self.repeats):
+                self.flush.zero_()
+                if with_fn:
+                    fn(inputs[i % len(inputs)])
+
+        def replay_ms(graph: torch.cuda.CUDAGraph) -> float:
+            times = []
+            for _ in range(replays):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                graph.replay()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+            return statistics.median(times)
+
+        graphs = []
+        for with_fn in (True, False):
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                calls(with_fn)
+            graphs.append(graph)
+        return (replay_ms(graphs[0]) - replay_ms(graphs[1])) / self.repeats
+
 
 def gaussian_linear(K: int, N: int) -> nn.Linear:
     linear = nn.Linear(K, N, bias=False, device="cuda")
@@ -73,7 +108,7 @@ def gaussian_linear(K: int, N: int) -> nn.Linear:
 
 def w4a16_contenders(linear: nn.Linear) -> dict:
     from minitransformers.kernels.int4_mm import Packed4Bit, w4a16_linear_triton
-    from minitransformers.quant.nonuniform import DYNAMIC_CODEBOOK
+    from minitransformers.quant.nonuniform import dynamic_codebook_on
     from minitransformers.quant.qlinear import WeightOnlyLinear
 
     w_bf16 = linear.weight.to(torch.bfloat16)
@@ -84,7 +119,7 @@ def w4a16_contenders(linear: nn.Linear) -> dict:
         ("ours NF4 double-quant", "nf4", {"double_quant": True}),
     ]:
         q = WeightOnlyLinear.from_linear(linear, method, **options)
-        w = Packed4Bit.from_storage(q.layout, dict(q.named_buffers()), DYNAMIC_CODEBOOK)
+        w = Packed4Bit.from_storage(q.layout, dict(q.named_buffers()), dynamic_codebook_on(linear.weight.device))
         found[name] = (lambda x, w=w: w4a16_linear_triton(x, w, None), q.weight_nbytes)
     found |= library_contenders(linear, ["bitsandbytes NF4", "bitsandbytes int8", "torchao int4 G=128"])
     return found
@@ -154,7 +189,9 @@ def torchao_int4(linear: nn.Linear) -> nn.Module:
 
     model = nn.Sequential(nn.Linear(linear.in_features, linear.out_features, bias=False)).to("cuda", torch.bfloat16)
     model[0].weight.data.copy_(linear.weight)
-    quantize_(model, Int4WeightOnlyConfig(group_size=128))
+    # "tile_packed_to_4d": torch's own tinygemm kernel (aten._weight_int4pack_mm); the default "plain" format
+    # needs the separate mslk package
+    quantize_(model, Int4WeightOnlyConfig(group_size=128, int4_packing_format="tile_packed_to_4d"))
     return model
 
 
@@ -173,8 +210,9 @@ def run(timer: Timer, M: int, K: int, N: int, contenders: dict, prepare, buffers
             continue
         fn, nbytes = contender
         try:
-            ms = timer.median_ms(fn, inputs)
-        except Exception:
+            row["eager ms"] = timer.eager_ms(fn, inputs)
+            ms = timer.graph_ms(fn, inputs)
+        except Exception:  # a library layer that cannot be captured in a graph keeps its eager time
             rows.append(row | {"error": traceback.format_exc().strip().splitlines()[-1][:200]})
             continue
         moved = nbytes + 2 * M * (K + N)  # the weight as stored, x and y in bf16
@@ -207,14 +245,14 @@ def w8a8(timer: Timer, buffers: int) -> list[dict]:
 
 # --- the report ----------------------------------------------------------------------------------------------------
 
-COLUMNS = ["M", "K", "N", "kernel", "ms", "vs bf16", "GB/s", "TOPS"]
+COLUMNS = ["M", "K", "N", "kernel", "ms", "vs bf16", "GB/s", "TOPS", "eager ms"]
 
 
 def cell(row: dict, column: str) -> str:
     value = row.get(column)
     if value is None:
         return row["error"] if column == "ms" else ""
-    return f"{value:.4f}" if column == "ms" else f"{value:.2f}" if isinstance(value, float) else str(value)
+    return f"{value:.4f}" if column.endswith("ms") else f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
 def table(rows: list[dict]) -> str:
@@ -234,7 +272,8 @@ def write_report(sections: dict[str, list[dict]], meta: dict) -> None:
         "# Triton W4A16 / W8A8 kernels against cuBLAS and the libraries",
         "",
         f"Device: {meta['device']}; torch {meta['torch']}, triton {meta['triton']}. Written by experiments/kernels_bench.py.",
-        f"Median of {meta['repeats']} calls timed with CUDA events, L2 flushed before each, inputs rotating over "
+        f"ms: GPU time a call, from CUDA-graph replays of {meta['repeats']} calls; eager ms: the median of "
+        f"{meta['repeats']} calls launched from Python between CUDA events. L2 flushed before each call, inputs rotating over "
         f"{meta['buffers']} buffers, bf16 activations. Limits (H100 SXM): {H100['GB/s']:.0f} GB/s, "
         f"{H100['bf16 TFLOPS']:.0f} bf16 TFLOPS, {H100['int8 TOPS']:.0f} int8 TOPS.",
     ]

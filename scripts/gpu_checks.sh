@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The GPU-only checks and benchmarks, in one call of a lent CUDA machine (the image's python3 has torch, triton,
+# transformers, peft). Each stage runs under its own time limit and logs to $OUT (or /tmp/gpu_checks); a stage
+# that fails does not stop the next.
+#
+#   bash scripts/gpu_checks.sh tests bench          # kernel correctness matrix, then kernels_bench.py
+#   bash scripts/gpu_checks.sh e2e qlora gpu-tests  # end-to-end latency, QLoRA full profile, other GPU tests
+#
+# bitsandbytes / torchao wheels in .whl/ are installed to /tmp/site first, if present (see the README).
+set -u
+LOG=${OUT:-/tmp/gpu_checks}; mkdir -p "$LOG"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=$PYTHONPATH:/tmp/site
+fi
+[ -d .carry/minilm ] && [ ! -d data/minilm ] && mkdir -p data && mv .carry/minilm data/minilm
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv | tee "$LOG/device.txt"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$LOG/device.txt"
+
+stage() {  # stage NAME SECONDS COMMAND...
+  local name=$1 limit=$2; shift 2
+  local start=$SECONDS
+  timeout "$limit" "$@" >"$LOG/$name.log" 2>&1
+  echo "== $name: exit $? in $((SECONDS - start)) s" | tee -a "$LOG/summary.txt"
+  tail -n 25 "$LOG/$name.log"
+}
+
+for what in "$@"; do
+  case $what in
+    tests)  # four pytest workers share the GPU: compiling and autotuning, not the GPU, bound this matrix
+      stage int4-first 40 python3 -m pytest -x --tb=long -p no:cacheprovider -m gpu "tests/test_kernels_int4.py::test_w4a16_other_formats_on_cuda"
+      stage int8-tests 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_kernels_int8.py
+      stage int4-tests 160 python3 -m pytest -q -n 8 --maxfail=10 -p no:cacheprovider -m gpu tests/test_kernels_int4.py ;;
+    bench)
+      stage kernels-bench 160 python3 experiments/kernels_bench.py
+      cp experiments/results/kernels_bench.* "$LOG"/ 2>/dev/null ;;
+    e2e)
+      stage kernels-e2e 80 python3 experiments/kernels_e2e.py
+      cp experiments/results/kernels_e2e.* "$LOG"/ 2>/dev/null ;;
+    qlora)
+      stage qlora 280 python3 experiments/qlora.py --profile full --variants lora qlora --workers 10
+      cp experiments/results/qlora.* "$LOG"/ 2>/dev/null
+      find runs -name metrics.json | tar czf "$LOG/qlora_runs.tgz" -T - ;;  # every finished run, even after a timeout
+    gpu-tests)
+      stage other-gpu-tests 150 python3 -m pytest -q -p no:cacheprovider -m gpu --ignore=tests/test_kernels_int8.py \
+        --ignore=tests/test_kernels_int4.py tests ;;
+    *) echo "unknown stage $what"; exit 2 ;;
+  esac
+done
+cat "$LOG/summary.txt"
