@@ -139,15 +139,16 @@ def w4a16_linear_reference(x: torch.Tensor, w: Packed4Bit, bias: torch.Tensor | 
 
 @jit
 def dequantize_pairs(
-    k0, j, n, N, K, packed_ptr, scale_ptr, zero_ptr, codebook_ptr, dq_scale_ptr, dq_offset_ptr, dq_table_ptr,
+    k0, b, n, N, K, row_bytes, packed_ptr, scale_ptr, zero_ptr, codebook_ptr, dq_scale_ptr, dq_offset_ptr, dq_table_ptr,
     GROUP: tl.constexpr, DQ_GROUP: tl.constexpr, CODEBOOK: tl.constexpr, AFFINE: tl.constexpr, DOUBLE_QUANT: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """Ŵᵀ at the even inputs k0 + 2j and the odd inputs k0 + 2j + 1, for bytes j (BLOCK_K/2, 1) and outputs n
-    (1, BLOCK_N): two (BLOCK_K/2, BLOCK_N) fp32 tiles, 0 outside W. Byte j of row n holds both (K is even)."""
-    inside = (k0 + 2 * j < K) & (n < N)  # (BK/2, BN)
-    byte = tl.load(packed_ptr + n * (K // 2) + k0 // 2 + j, mask=inside, other=0).to(tl.int32)  # one coalesced load
-    high, low = byte >> 4, byte & 0xF  # codes of inputs k0 + 2j and k0 + 2j + 1
+    """Ŵᵀ at the even inputs 2b and the odd inputs 2b + 1, for bytes b (BLOCK_K/2, 1) of the tile starting at input
+    k0 and outputs n (1, BLOCK_N): two (BLOCK_K/2, BLOCK_N) fp32 tiles, 0 outside W. Byte b of row n (row_bytes =
+    K / 2 apart) holds both."""
+    inside = (b < row_bytes) & (n < N)  # (BK/2, BN); `b < row_bytes`, not `2b < K`: Triton sees it constant over 16 bytes
+    byte = tl.load(packed_ptr + n * row_bytes + b, mask=inside, other=0).to(tl.int32)  # coalesced, vectorised
+    high, low = byte >> 4, byte & 0xF  # codes of inputs 2b and 2b + 1
     # The scales of the tile: S per row, S = BLOCK_K / GROUP groups, or 1 when a group covers the tile.
     S: tl.constexpr = BLOCK_K // GROUP if BLOCK_K >= GROUP else 1
     g = tl.arange(0, S)[:, None]  # (S, 1)
@@ -172,17 +173,19 @@ def dequantize_pairs(
 
 @jit
 def accumulate_tile(
-    acc, x_ptr, rows, cols, k0, M, N, K, packed_ptr, scale_ptr, zero_ptr, codebook_ptr, dq_scale_ptr, dq_offset_ptr,
-    dq_table_ptr, GROUP: tl.constexpr, DQ_GROUP: tl.constexpr, CODEBOOK: tl.constexpr, AFFINE: tl.constexpr,
+    acc, x_ptr, rows, cols, k0, M, N, K, row_bytes, packed_ptr, scale_ptr, zero_ptr, codebook_ptr, dq_scale_ptr,
+    dq_offset_ptr, dq_table_ptr, GROUP: tl.constexpr, DQ_GROUP: tl.constexpr, CODEBOOK: tl.constexpr, AFFINE: tl.constexpr,
     DOUBLE_QUANT: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """acc (BLOCK_M, BLOCK_N) + x[rows, k0 : k0 + BLOCK_K] Ŵᵀ[k0 : k0 + BLOCK_K, cols], as two dots: even inputs, odd inputs."""
-    j = tl.arange(0, BLOCK_K // 2)  # (BK/2,) byte of the tile
+    # (BK/2,) bytes of the tile within a row; the hints (k0 is a multiple of BLOCK_K, row_bytes of 16 when Triton
+    # specialises it so) let the byte loads be 16 bytes wide instead of one
+    b = tl.max_contiguous(tl.multiple_of(k0 // 2 + tl.arange(0, BLOCK_K // 2), BLOCK_K // 2), BLOCK_K // 2)
     w_even, w_odd = dequantize_pairs(
-        k0, j[:, None], cols[None, :], N, K, packed_ptr, scale_ptr, zero_ptr, codebook_ptr, dq_scale_ptr, dq_offset_ptr,
+        k0, b[:, None], cols[None, :], N, K, row_bytes, packed_ptr, scale_ptr, zero_ptr, codebook_ptr, dq_scale_ptr, dq_offset_ptr,
         dq_table_ptr, GROUP, DQ_GROUP, CODEBOOK, AFFINE, DOUBLE_QUANT, BLOCK_K,
     )  # (BK/2, BN) each  # fmt: skip
-    even = k0 + 2 * j[None, :]  # (1, BK/2)
+    even = 2 * b[None, :]  # (1, BK/2) even inputs
     mask = (rows[:, None] < M) & (even < K)  # (BM, BK/2); K even, so the odd input is inside too
     x_even = tl.load(x_ptr + rows[:, None] * K + even, mask=mask, other=0.0)  # (BM, BK/2)
     x_odd = tl.load(x_ptr + rows[:, None] * K + even + 1, mask=mask, other=0.0)  # (BM, BK/2)
@@ -202,7 +205,7 @@ SPLITK_INTERPRETER_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 128, "SPLIT_K": 2}
 
 @autotuned(SPLITK_CONFIGS, SPLITK_INTERPRETER_CONFIG, key=["M_CLASS", "N", "K"], reset_to_zero=["out_ptr"])
 def w4a16_splitk_kernel(
-    x_ptr, out_ptr, bias_ptr, M, N, K, M_CLASS,
+    x_ptr, out_ptr, bias_ptr, M, N, K, row_bytes, M_CLASS,
     packed_ptr, scale_ptr, zero_ptr, codebook_ptr, dq_scale_ptr, dq_offset_ptr, dq_table_ptr, GROUP: tl.constexpr, DQ_GROUP: tl.constexpr,
     CODEBOOK: tl.constexpr, AFFINE: tl.constexpr, DOUBLE_QUANT: tl.constexpr, HAS_BIAS: tl.constexpr,
     DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
@@ -215,8 +218,8 @@ def w4a16_splitk_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(pid_k * per_split, tl.minimum((pid_k + 1) * per_split, K), BLOCK_K):
         acc = accumulate_tile(
-            acc, x_ptr, rows, cols, k0, M, N, K, packed_ptr, scale_ptr, zero_ptr, codebook_ptr, dq_scale_ptr, dq_offset_ptr,
-            dq_table_ptr, GROUP, DQ_GROUP, CODEBOOK, AFFINE, DOUBLE_QUANT, DOT_PRECISION, BLOCK_K,
+            acc, x_ptr, rows, cols, k0, M, N, K, row_bytes, packed_ptr, scale_ptr, zero_ptr, codebook_ptr, dq_scale_ptr,
+            dq_offset_ptr, dq_table_ptr, GROUP, DQ_GROUP, CODEBOOK, AFFINE, DOUBLE_QUANT, DOT_PRECISION, BLOCK_K,
         )  # fmt: skip
     if HAS_BIAS:
         bias = tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)  # (BLOCK_N,)
@@ -235,7 +238,7 @@ TILED_INTERPRETER_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 128, "GROUP
 
 @autotuned(TILED_CONFIGS, TILED_INTERPRETER_CONFIG, key=["M_CLASS", "N", "K"])
 def w4a16_tiled_kernel(
-    x_ptr, out_ptr, bias_ptr, M, N, K, M_CLASS,
+    x_ptr, out_ptr, bias_ptr, M, N, K, row_bytes, M_CLASS,
     packed_ptr, scale_ptr, zero_ptr, codebook_ptr, dq_scale_ptr, dq_offset_ptr, dq_table_ptr, GROUP: tl.constexpr, DQ_GROUP: tl.constexpr,
     CODEBOOK: tl.constexpr, AFFINE: tl.constexpr, DOUBLE_QUANT: tl.constexpr, HAS_BIAS: tl.constexpr,
     DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
@@ -247,8 +250,8 @@ def w4a16_tiled_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         acc = accumulate_tile(
-            acc, x_ptr, rows, cols, k0, M, N, K, packed_ptr, scale_ptr, zero_ptr, codebook_ptr, dq_scale_ptr, dq_offset_ptr,
-            dq_table_ptr, GROUP, DQ_GROUP, CODEBOOK, AFFINE, DOUBLE_QUANT, DOT_PRECISION, BLOCK_K,
+            acc, x_ptr, rows, cols, k0, M, N, K, row_bytes, packed_ptr, scale_ptr, zero_ptr, codebook_ptr, dq_scale_ptr,
+            dq_offset_ptr, dq_table_ptr, GROUP, DQ_GROUP, CODEBOOK, AFFINE, DOUBLE_QUANT, DOT_PRECISION, BLOCK_K,
         )  # fmt: skip
     if HAS_BIAS:
         acc += tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
@@ -278,7 +281,7 @@ def w4a16_linear_triton(x: torch.Tensor, w: Packed4Bit, bias: torch.Tensor | Non
         "CODEBOOK": w.codebook is not None, "AFFINE": w.zero_point is not None, "DOUBLE_QUANT": w.double_quant,
         "HAS_BIAS": bias is not None, "DOT_PRECISION": "ieee" if x.dtype == torch.float32 else None,  # fp32: no TF32
     }  # fmt: skip
-    args = (M, N, K, triton.next_power_of_2(M), *weight_args(w))
+    args = (M, N, K, K // 2, triton.next_power_of_2(M), *weight_args(w))
     out = torch.empty(M, N, dtype=x.dtype, device=x.device) if out is None else out
     if M <= SMALL_M:
         acc = torch.zeros(M, N, dtype=torch.float32, device=x.device)
