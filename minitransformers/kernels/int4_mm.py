@@ -138,6 +138,13 @@ def w4a16_linear_reference(x: torch.Tensor, w: Packed4Bit, bias: torch.Tensor | 
 
 
 @jit
+def per_byte(t, BLOCK_K: tl.constexpr):
+    """(S, BN) values of the tile's S groups -> (BLOCK_K / 2, BN), each repeated over the bytes of its group."""
+    S: tl.constexpr = t.shape[0]
+    return tl.reshape(tl.broadcast_to(t[:, None, :], (S, BLOCK_K // 2 // S, t.shape[1])), (BLOCK_K // 2, t.shape[1]))
+
+
+@jit
 def dequantize_pairs(
     k0, b, n, N, K, row_bytes, packed_ptr, scale_ptr, zero_ptr, codebook_ptr, dq_scale_ptr, dq_offset_ptr, dq_table_ptr,
     GROUP: tl.constexpr, DQ_GROUP: tl.constexpr, CODEBOOK: tl.constexpr, AFFINE: tl.constexpr, DOUBLE_QUANT: tl.constexpr,
@@ -160,12 +167,11 @@ def dequantize_pairs(
         scale += tl.load(dq_offset_ptr)
     else:
         scale = tl.load(scale_ptr + group, mask=first, other=0.0)
-    scale = tl.reshape(tl.broadcast_to(scale[:, None, :], (S, BLOCK_K // 2 // S, scale.shape[1])), (BLOCK_K // 2, scale.shape[1]))
+    scale = per_byte(scale, BLOCK_K)
     if CODEBOOK:
         return tl.load(codebook_ptr + high) * scale, tl.load(codebook_ptr + low) * scale
     if AFFINE:
-        zero = tl.load(zero_ptr + group, mask=first, other=0).to(tl.int32)
-        zero = tl.reshape(tl.broadcast_to(zero[:, None, :], (S, BLOCK_K // 2 // S, zero.shape[1])), (BLOCK_K // 2, zero.shape[1]))
+        zero = per_byte(tl.load(zero_ptr + group, mask=first, other=0).to(tl.int32), BLOCK_K)
     else:
         zero = 8
     return (high - zero).to(tl.float32) * scale, (low - zero).to(tl.float32) * scale
