@@ -3,7 +3,8 @@
 # transformers, peft). Each stage runs under its own time limit and logs to $OUT (or /tmp/gpu_checks); a stage
 # that fails does not stop the next.
 #
-#   bash scripts/gpu_checks.sh tests bench          # kernel correctness matrix, then kernels_bench.py
+#   bash scripts/gpu_checks.sh tests                # kernel correctness matrix (about 9 minutes: a call of its own)
+#   bash scripts/gpu_checks.sh bench e2e            # kernels_bench.py (carry .whl), kernels_e2e.py
 #   bash scripts/gpu_checks.sh e2e qlora gpu-tests  # end-to-end latency, QLoRA full profile, other GPU tests
 #
 # bitsandbytes / torchao wheels in .whl/ are installed to /tmp/site first, if present (see the README).
@@ -30,8 +31,8 @@ for what in "$@"; do
   case $what in
     tests)  # four pytest workers share the GPU: compiling and autotuning, not the GPU, bound this matrix
       stage int4-first 40 python3 -m pytest -x --tb=long -p no:cacheprovider -m gpu "tests/test_kernels_int4.py::test_w4a16_other_formats_on_cuda"
-      stage int8-tests 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_kernels_int8.py
-      stage int4-tests 160 python3 -m pytest -q -n 8 --maxfail=10 -p no:cacheprovider -m gpu tests/test_kernels_int4.py ;;
+      stage int8-tests 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_kernels_int8.py
+      stage int4-tests 300 python3 -m pytest -q -n 8 --maxfail=10 -p no:cacheprovider -m gpu tests/test_kernels_int4.py ;;
     bench)
       stage kernels-bench 160 python3 experiments/kernels_bench.py
       cp experiments/results/kernels_bench.* "$LOG"/ 2>/dev/null ;;
