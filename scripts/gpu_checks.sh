@@ -5,7 +5,7 @@
 #
 #   bash scripts/gpu_checks.sh tests                # kernel correctness matrix (about 9 minutes: a call of its own)
 #   bash scripts/gpu_checks.sh bench e2e            # kernels_bench.py (carry .whl), kernels_e2e.py
-#   bash scripts/gpu_checks.sh e2e qlora gpu-tests  # end-to-end latency, QLoRA full profile, other GPU tests
+#   bash scripts/gpu_checks.sh qlora gpu-tests      # QLoRA full profile (carry .carry, data/sentiment), other GPU tests
 #
 # bitsandbytes / torchao wheels in .whl/ are installed to /tmp/site first, if present (see the README).
 set -u
@@ -40,7 +40,7 @@ for what in "$@"; do
       stage kernels-e2e 80 python3 experiments/kernels_e2e.py
       cp experiments/results/kernels_e2e.* "$LOG"/ 2>/dev/null ;;
     qlora)
-      stage qlora 280 python3 experiments/qlora.py --profile full --variants lora qlora --workers 10
+      stage qlora 420 python3 experiments/qlora.py --profile full --variants lora qlora qlora_no_dq --workers 9
       cp experiments/results/qlora.* "$LOG"/ 2>/dev/null
       find runs -name metrics.json | tar czf "$LOG/qlora_runs.tgz" -T - ;;  # every finished run, even after a timeout
     gpu-tests)
