@@ -25,10 +25,9 @@ byte into its high and low codes, giving the weights of the even and of the odd 
 BLOCK_K / G scales once per row (decoding double-quantized absmax there) and broadcasts them; and computes
 x_even Ŵ_evenᵀ + x_odd Ŵ_oddᵀ as two tl.dot of half depth, x read with stride 2. The codebook value (NF4 / FP4)
 is a gather from a 16-entry table that stays in L1. The dequantized weight lives in registers only, never in
-memory. That is the point of W4A16 (Frantar et
-al.'s GPTQ kernels, AWQ, Marlin): a matmul over few tokens reads each weight once and does 2 M flops with it, so
-at M = 1 it is bound by memory, and reading 4.5 bits a weight instead of 16 makes it up to 16 / 4.5 ≈ 3.6× (int4,
-G = 128: 4.25 bits, 3.8×) faster than bf16. Two variants:
+memory. That is the point of W4A16 (Frantar et al.'s GPTQ kernels, AWQ, Marlin): a matmul over few tokens reads
+each weight once and does 2 M flops with it, so at M = 1 it is bound by memory, and reading 4.5 bits a weight
+instead of 16 makes it up to 16 / 4.5 ≈ 3.6× (int4, G = 128: 4.25 bits, 3.8×) faster than bf16. Two variants:
 
 - Small M (≤ 16, decoding), `w4a16_splitk_kernel`: memory-bound. With M = 1 and K = N = 8192, tiles of BLOCK_N
   columns give only 8192 / 64 = 128 programs, fewer than it takes to keep an H100's 132 SMs streaming. Split-K
