@@ -17,11 +17,12 @@ from test_trainer import args, final_weights, tiny  # noqa: F401 (tiny is a fixt
 from minitransformers import Encoder, EncoderConfig
 from minitransformers.cli import main
 from minitransformers.io.safetensors import load_file
+from minitransformers.kernels.int4_mm import w4a16_linear_reference
 from minitransformers.model import SequenceClassifier
 from minitransformers.peft.lora import LoRALinear, lora_layers
 from minitransformers.peft.methods import apply_method, load_classifier
 from minitransformers.peft.qlora import ALL_LINEAR, NF4Linear, add_qlora, base_memory, dequantize_base, merge_qlora
-from minitransformers.quant.qlinear import WeightOnlyLinear, weight_only_matmul
+from minitransformers.quant.qlinear import WeightOnlyLinear
 
 CONFIG = EncoderConfig(vocab_size=97, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, max_position_embeddings=24, hidden_dropout=0.1, attention_dropout=0.1)
 
@@ -78,12 +79,18 @@ def test_gradients_through_nf4_equal_those_through_its_dequantized_fp32_copy():
 
 def test_under_autocast_nf4_computes_in_bf16_as_a_linear_over_its_dequantized_weight(monkeypatch):
     """QLoRA's bf16 compute dtype: autocast's F.linear casts x and the weight to bf16, returns bf16, and sends the
-    gradient back to x in float32; the NF4 layer must do the same, and hand bf16 x to the kernels' seam (on CPU
-    the reference's own F.linear would autocast anyway, so the seam is watched)."""
-    import minitransformers.peft.qlora as qlora
+    gradient back to x in float32; the NF4 layer must do the same, and hand bf16 x to the 4-bit kernel. On CPU the
+    reference's own F.linear would autocast anyway, so the kernel's dispatch is forced and watched."""
+    import minitransformers.quant.qlinear as qlinear
 
     seen = []
-    monkeypatch.setattr(qlora, "weight_only_matmul", lambda x, layer: seen.append(x.dtype) or weight_only_matmul(x, layer))
+
+    def kernel(x, w, bias):  # stands in for the CUDA kernel: records x's dtype, computes the reference
+        seen.append(x.dtype)
+        return w4a16_linear_reference(x, w, bias)
+
+    monkeypatch.setattr(qlinear, "triton_runs_on", lambda *tensors: True)
+    monkeypatch.setattr(qlinear, "w4a16_linear", kernel)
     linear = nn.Linear(192, 96)
     nf4 = NF4Linear.from_linear(linear)
     fp32 = dequantize_base(nn.Sequential(copy.deepcopy(nf4)))[0]  # nn.Linear holding Ŵ

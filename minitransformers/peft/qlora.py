@@ -62,15 +62,12 @@ class DequantizeMatmul(torch.autograd.Function):
     Only a reference to the layer is kept for backward (its packed buffers live in the model anyway):
     no tensor is saved, so no float (out, in) copy of Ŵ outlives the forward pass.
 
-    Under autocast the product runs in autocast's dtype, as F.linear's would (the paper's bf16 compute dtype):
-    x is cast first and y comes out in that dtype, and the gradient goes back to x's own dtype. Without this,
-    the fp32 activations that LayerNorm gives under autocast would send the 4-bit kernel down its fp32 path."""
+    Under autocast the product runs in autocast's dtype (the paper's bf16 compute dtype; `weight_only_matmul`
+    casts x), and the gradient goes back to x in x's own dtype."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, bias: torch.Tensor | None, layer: WeightOnlyLinear) -> torch.Tensor:
         ctx.layer, ctx.x_dtype = layer, x.dtype
-        if torch.is_autocast_enabled(x.device.type):
-            x = x.to(torch.get_autocast_dtype(x.device.type))
         return weight_only_matmul(x, layer)  # (…, in) -> (…, out); the CUDA kernel's seam
 
     @staticmethod

@@ -235,7 +235,11 @@ def weight_only_matmul(x: torch.Tensor, layer: WeightOnlyLinear) -> torch.Tensor
     """y = x Ŵᵀ + b for x (…, in): the one function that computes a weight-only layer's product.
 
     4-bit layers (int4 per group, NF4 / FP4) on CUDA with Triton take the fused dequantize-and-multiply kernels of
-    kernels/int4_mm.py, which read the packed buffers in place. Elsewhere this reference dequantizes, then matmuls."""
+    kernels/int4_mm.py, which read the packed buffers in place. Elsewhere this reference dequantizes, then matmuls.
+    Under autocast x is first cast to autocast's dtype, as F.linear's autocast does (the kernels would otherwise
+    take LayerNorm's fp32 output down their slower fp32 path); y comes out in that dtype."""
+    if torch.is_autocast_enabled(x.device.type):
+        x = x.to(torch.get_autocast_dtype(x.device.type))
     if triton_runs_on(x) and Packed4Bit.supports(layer.layout):
         weight = Packed4Bit.from_storage(layer.layout, dict(layer.named_buffers(recurse=False)), dynamic_codebook_on(x.device))
         return w4a16_linear(x, weight, layer.bias)
