@@ -32,7 +32,7 @@ def compile_sm90(kernel, types: dict, constants: dict, config: dict):
     jit_fn = kernel.fn  # under the autotuner
     names = jit_fn.arg_names
     meta = dict(config)
-    options = {"num_warps": meta.pop("num_warps"), "num_stages": meta.pop("num_stages")}
+    options = {"num_warps": meta.pop("num_warps", 4), "num_stages": meta.pop("num_stages", 2)}  # autotuned()'s defaults
     constants = constants | meta
     signature = {n: "constexpr" if n in constants else types.get(n, "*fp32" if n.endswith("_ptr") else "i32") for n in names}
     aligned = {(names.index(n),): [["tt.divisibility", 16]] for n in names if n.endswith("_ptr") or n in ("N", "K", "row_bytes")}
@@ -45,6 +45,9 @@ def cases():
     for fmt, (flags, scale_type) in FORMATS.items():
         types = {"x_ptr": "*bf16", "out_ptr": "*fp32", "packed_ptr": "*u8", "zero_ptr": "*u8", "scale_ptr": scale_type}
         constants = {**flags, "DQ_GROUP": 256, "HAS_BIAS": True, "DOT_PRECISION": None}
+        gemv_types = types | {"out_ptr": "*fp32"}
+        gemv_constants = {k: v for k, v in constants.items() if k != "DOT_PRECISION"}
+        yield f"w4a16 GEMV, {fmt}", int4_mm.w4a16_gemv_kernel, gemv_types, gemv_constants, int4_mm.GEMV_CONFIGS
         yield f"w4a16 split-K, {fmt}", int4_mm.w4a16_splitk_kernel, types, constants | {"BLOCK_M": 16}, int4_mm.SPLITK_CONFIGS
         yield f"w4a16 tiled, {fmt}", int4_mm.w4a16_tiled_kernel, types | {"out_ptr": "*bf16"}, constants, int4_mm.TILED_CONFIGS
     types = {"xq_ptr": "*i8", "wq_ptr": "*i8", "out_ptr": "*bf16"}

@@ -1,12 +1,13 @@
 """The W4A16 Triton kernels (kernels/int4_mm.py) against their reference, and the reference against
-WeightOnlyLinear. On CPU both kernels (split-K for M ≤ 16, tiled above) run under Triton's interpreter in a
-subprocess (see kernel_helpers.py), on small odd shapes: M = 1, 3, 17, K not a multiple of the block (128 under
-the interpreter), groups smaller and larger than the block, int4 symmetric and affine, NF4 and FP4 with and
-without double quantization. The output is filled with NaN first. Error budget: ‖out − ref‖ / ‖ref‖ < 1e-3, ref
-= a float32 matmul over the dequantized weight as the kernel multiplies it (rounded to x's dtype) plus the float32
-bias, rounded once to x's dtype, as the kernel's fp32 accumulator is. Weights the kernels do not take (odd K,
-groups that are not a power of two) go to the reference. The interpreter cannot tl.dot bf16, so bf16 runs on the
-GPU only (`pytest -m gpu`)."""
+WeightOnlyLinear. On CPU the three kernels (the GEMV for M = 1, split-K for M ≤ 16, tiled above; each also forced
+off its own M) run under Triton's interpreter in a subprocess (see kernel_helpers.py), on small odd shapes: M = 1,
+3, 17, K not a multiple of the block (128 under the interpreter), groups smaller and larger than the block, int4
+symmetric and affine, NF4 and FP4 with and without double quantization. The output is filled with NaN first.
+Error budget: ‖out − ref‖ / ‖ref‖ < 1e-3, ref = a float32 matmul over the dequantized weight as the kernel
+multiplies it (rounded to x's dtype by the tl.dot kernels, fp32 in the GEMV: the two differ by about 1.7e-3 in
+bf16) plus the float32 bias, rounded once to x's dtype, as the kernel's fp32 accumulator is. Weights the kernels
+do not take (odd K, groups that are not a power of two) go to the reference. The interpreter cannot tl.dot bf16,
+so bf16 runs on the GPU only (`pytest -m gpu`)."""
 
 import itertools
 from functools import partial
@@ -16,7 +17,7 @@ import torch
 from kernel_helpers import poisoned, relative, result, run_interpreted
 from torch import nn
 
-from minitransformers.kernels.int4_mm import Packed4Bit, dequantize_reference, w4a16_linear, w4a16_linear_triton
+from minitransformers.kernels.int4_mm import Packed4Bit, dequantize_reference, pick_kernel, w4a16_linear, w4a16_linear_triton
 from minitransformers.quant.nonuniform import DYNAMIC_CODEBOOK
 from minitransformers.quant.qlinear import WeightOnlyLinear
 
@@ -42,12 +43,14 @@ def packed(q: WeightOnlyLinear) -> Packed4Bit:
     return Packed4Bit.from_storage(q.layout, dict(q.named_buffers()), DYNAMIC_CODEBOOK)
 
 
-def measure(fmt: str, M: int, K: int, N: int, dtype: str, device: str = "cpu", **override) -> dict:
+def measure(fmt: str, M: int, K: int, N: int, dtype: str, device: str = "cpu", kernel: str | None = None, **override) -> dict:
     q = layer(fmt, K, N, device, **override)
     dt = DTYPES[dtype]
     x = torch.randn(M, K, device=device).to(dt)
-    ref = (x.float() @ q.dequantize().to(dt).float().t() + q.bias.float()).to(dt)  # (M, N)
-    out = w4a16_linear_triton(x, packed(q), q.bias, out=poisoned(M, N, dt, device))
+    # the weight as the kernel multiplies it: the tl.dot kernels round it to x's dtype, the GEMV keeps it in fp32
+    w = q.dequantize() if (kernel or pick_kernel(M)) == "gemv" else q.dequantize().to(dt).float()  # (N, K)
+    ref = (x.float() @ w.t() + q.bias.float()).to(dt)  # (M, N)
+    out = w4a16_linear_triton(x, packed(q), q.bias, out=poisoned(M, N, dt, device), kernel=kernel)
     return {"unwritten": out.isnan().sum().item(), "relative_error": relative(out, ref)}
 
 
@@ -58,6 +61,9 @@ CASES = {
 } | {
     f"{fmt} group 256 M={M}": partial(measure, fmt, M, 768, 24, "fp32", group_size=256)  # one group spans two blocks
     for fmt, M in itertools.product(("int4", "int4-affine"), (1, 17))
+} | {
+    f"{fmt} M={M} forced {kernel}": partial(measure, fmt, M, 320, 45, "fp32", kernel=kernel)  # each kernel off its own M
+    for fmt, (M, kernel) in itertools.product(FORMATS, [(1, "splitk"), (1, "tiled"), (3, "tiled")])
 }  # fmt: skip
 
 
@@ -96,6 +102,13 @@ def test_weights_the_kernels_do_not_take_go_to_the_reference(fmt, K, group):
     with pytest.raises(ValueError, match="K even"):
         w4a16_linear_triton(x, w, q.bias)
     torch.testing.assert_close(w4a16_linear(x, w, q.bias), x @ q.dequantize().t() + q.bias, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("M, kernel", [(2, "gemv"), (17, "splitk")])
+def test_a_kernel_refuses_more_tokens_than_it_takes(M, kernel):
+    q = layer("int4", 64, 8)
+    with pytest.raises(ValueError, match=f"{kernel} kernel takes"):
+        w4a16_linear_triton(torch.randn(M, 64), packed(q), q.bias, kernel=kernel)
 
 
 def test_int8_and_kmeans_layers_are_not_4_bit_kernel_formats():

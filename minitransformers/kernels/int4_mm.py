@@ -22,15 +22,20 @@ When K is even and a whole number of groups, the two layouts agree: byte j of ro
 holds inputs 2j (high nibble) and 2j + 1 (low), which share one scale. Each program reads its tile of Ŵᵀ as a
 (BLOCK_K / 2, BLOCK_N) tile of BYTES, contiguous along K, so the load is coalesced and vectorised; splits each
 byte into its high and low codes, giving the weights of the even and of the odd inputs; reads the tile's
-BLOCK_K / G scales once per row (decoding double-quantized absmax there) and broadcasts them; and computes
-x_even Ŵ_evenᵀ + x_odd Ŵ_oddᵀ as two tl.dot of half depth, x read with stride 2. The codebook value (NF4 / FP4)
-is a gather from a 16-entry table that stays in L1. The dequantized weight lives in registers only, never in
-memory. That is the point of W4A16 (Frantar et al.'s GPTQ kernels, AWQ, Marlin): a matmul over few tokens reads
+BLOCK_K / G scales once per row (decoding double-quantized absmax there) and broadcasts them. The tl.dot
+kernels interleave the two halves back into K order (tl.join) and take one dot with a contiguous x tile; the
+GEMV multiplies them by x at the even and at the odd inputs. The codebook value (NF4 / FP4) comes from a 16-entry table
+loaded once per program, through tl.gather. The dequantized weight lives in registers only, never in memory.
+That is the point of W4A16 (Frantar et al.'s GPTQ kernels, AWQ, Marlin): a matmul over few tokens reads
 each weight once and does 2 M flops with it, so at M = 1 it is bound by memory, and reading 4.5 bits a weight
-instead of 16 makes it up to 16 / 4.5 ≈ 3.6× (int4, G = 128: 4.25 bits, 3.8×) faster than bf16. Two variants:
+instead of 16 makes it up to 16 / 4.5 ≈ 3.6× (int4, G = 128: 4.25 bits, 3.8×) faster than bf16. Three variants:
 
-- Small M (≤ 16, decoding), `w4a16_splitk_kernel`: memory-bound. With M = 1 and K = N = 8192, tiles of BLOCK_N
-  columns give only 8192 / 64 = 128 programs, fewer than it takes to keep an H100's 132 SMs streaming. Split-K
+- One token (M = 1, decoding a single sequence), `w4a16_gemv_kernel`: a GEMV with no tensor cores. Each thread
+  multiplies the weights it dequantized by x and keeps fp32 partial sums in registers, summed over K once at the
+  end; split-K as below. A tl.dot would first stage every dequantized tile through shared memory into the
+  tensor cores' operand layout, which moves 2 bytes a weight through shared memory to use 1 of 16 rows.
+- Small M (2 … 16), `w4a16_splitk_kernel`: still memory-bound. With K = N = 8192, tiles of BLOCK_N columns give
+  only 8192 / 64 = 128 programs, fewer than it takes to keep an H100's 132 SMs streaming. Split-K
   cuts K into SPLIT_K slices as well, so SPLIT_K times as many programs load weights at once; each adds its
   partial product into an fp32 output with atomic adds (the slice of program k = 0 also adds the bias) and one
   cast to x's dtype follows. BLOCK_M = 16, the smallest tensor-core tile: the rows past M are masked, and cost
@@ -42,7 +47,8 @@ instead of 16 makes it up to 16 / 4.5 ≈ 3.6× (int4, G = 128: 4.25 bits, 3.8×
 
 Block sizes are autotuned over a few configs each. The plain-torch reference (`dequantize_reference`, then
 F.linear) is what WeightOnlyLinear computes without a GPU; `w4a16_linear` picks the kernels on CUDA when
-Triton imports and the weight is `kernel_ready` (K even, power-of-two groups), the reference elsewhere.
+Triton imports and the weight is `kernel_ready` (K even, power-of-two groups), the reference elsewhere;
+`pick_kernel` chooses among the three by M.
 """
 
 from __future__ import annotations
@@ -144,8 +150,19 @@ def per_byte(t, BLOCK_K: tl.constexpr):
 
 
 @jit
+def codebook_table(codebook_ptr, CODEBOOK: tl.constexpr):
+    """The (16,) codebook values, loaded once per program (zeros for int4, which has no codebook). tl.gather turns
+    codes into values from this table: Triton places it in shared memory and each code costs one shared-memory
+    load, where a pointer load per code (codebook_ptr + code) became a 4-byte copy, pipelined through shared
+    memory, for every weight."""
+    if CODEBOOK:
+        return tl.load(codebook_ptr + tl.arange(0, 16))
+    return tl.zeros((16,), dtype=tl.float32)
+
+
+@jit
 def dequantize_pairs(
-    k0, b, n, N, K, row_bytes, packed_ptr, scale_ptr, zero_ptr, codebook_ptr, dq_scale_ptr, dq_offset_ptr, dq_table_ptr,
+    k0, b, n, N, K, row_bytes, packed_ptr, scale_ptr, zero_ptr, table, dq_scale_ptr, dq_offset_ptr, dq_table_ptr,
     GROUP: tl.constexpr, DQ_GROUP: tl.constexpr, CODEBOOK: tl.constexpr, AFFINE: tl.constexpr, DOUBLE_QUANT: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):  # fmt: skip
@@ -168,7 +185,10 @@ def dequantize_pairs(
         scale = tl.load(scale_ptr + group, mask=first, other=0.0)
     scale = per_byte(scale, BLOCK_K)
     if CODEBOOK:
-        return tl.load(codebook_ptr + high) * scale, tl.load(codebook_ptr + low) * scale
+        shape: tl.constexpr = high.shape
+        even = tl.reshape(tl.gather(table, tl.reshape(high, (shape[0] * shape[1],)), axis=0), shape)
+        odd = tl.reshape(tl.gather(table, tl.reshape(low, (shape[0] * shape[1],)), axis=0), shape)
+        return even * scale, odd * scale
     if AFFINE:
         zero = per_byte(tl.load(zero_ptr + group, mask=first, other=0).to(tl.int32), BLOCK_K)
     else:
@@ -177,25 +197,29 @@ def dequantize_pairs(
 
 
 @jit
+def tile_bytes(k0, BLOCK_K: tl.constexpr):
+    """(BLOCK_K / 2,) the bytes of a row that hold inputs k0 … k0 + BLOCK_K - 1. The hints (k0 is a multiple of
+    BLOCK_K; row_bytes a multiple of 16 when Triton specialises it so) let the loads be 16 bytes wide, not one."""
+    return tl.max_contiguous(tl.multiple_of(k0 // 2 + tl.arange(0, BLOCK_K // 2), BLOCK_K // 2), BLOCK_K // 2)
+
+
+@jit
 def accumulate_tile(
-    acc, x_ptr, rows, cols, k0, M, N, K, row_bytes, packed_ptr, scale_ptr, zero_ptr, codebook_ptr, dq_scale_ptr,
+    acc, x_ptr, rows, cols, k0, M, N, K, row_bytes, packed_ptr, scale_ptr, zero_ptr, table, dq_scale_ptr,
     dq_offset_ptr, dq_table_ptr, GROUP: tl.constexpr, DQ_GROUP: tl.constexpr, CODEBOOK: tl.constexpr, AFFINE: tl.constexpr,
     DOUBLE_QUANT: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """acc (BLOCK_M, BLOCK_N) + x[rows, k0 : k0 + BLOCK_K] Ŵᵀ[k0 : k0 + BLOCK_K, cols], as two dots: even inputs, odd inputs."""
-    # (BK/2,) bytes of the tile within a row; the hints (k0 is a multiple of BLOCK_K, row_bytes of 16 when Triton
-    # specialises it so) let the byte loads be 16 bytes wide instead of one
-    b = tl.max_contiguous(tl.multiple_of(k0 // 2 + tl.arange(0, BLOCK_K // 2), BLOCK_K // 2), BLOCK_K // 2)
+    """acc (BLOCK_M, BLOCK_N) + x[rows, k0 : k0 + BLOCK_K] Ŵᵀ[k0 : k0 + BLOCK_K, cols], one dot over the whole tile."""
+    b = tile_bytes(k0, BLOCK_K)  # (BK/2,)
     w_even, w_odd = dequantize_pairs(
-        k0, b[:, None], cols[None, :], N, K, row_bytes, packed_ptr, scale_ptr, zero_ptr, codebook_ptr, dq_scale_ptr, dq_offset_ptr,
+        k0, b[:, None], cols[None, :], N, K, row_bytes, packed_ptr, scale_ptr, zero_ptr, table, dq_scale_ptr, dq_offset_ptr,
         dq_table_ptr, GROUP, DQ_GROUP, CODEBOOK, AFFINE, DOUBLE_QUANT, BLOCK_K,
     )  # (BK/2, BN) each  # fmt: skip
-    even = 2 * b[None, :]  # (1, BK/2) even inputs
-    mask = (rows[:, None] < M) & (even < K)  # (BM, BK/2); K even, so the odd input is inside too
-    x_even = tl.load(x_ptr + rows[:, None] * K + even, mask=mask, other=0.0)  # (BM, BK/2)
-    x_odd = tl.load(x_ptr + rows[:, None] * K + even + 1, mask=mask, other=0.0)  # (BM, BK/2)
-    acc = tl.dot(x_even, w_even.to(x_even.dtype), acc, input_precision=DOT_PRECISION)
-    return tl.dot(x_odd, w_odd.to(x_odd.dtype), acc, input_precision=DOT_PRECISION)
+    # interleave the even and odd inputs back into K order: (BK/2, BN, 2) -> (BK/2, 2, BN) -> (BK, BN), row 2b + parity
+    w = tl.reshape(tl.permute(tl.join(w_even, w_odd), (0, 2, 1)), (BLOCK_K, w_even.shape[1]))
+    k = tl.max_contiguous(tl.multiple_of(k0 + tl.arange(0, BLOCK_K), BLOCK_K), BLOCK_K)  # (BK,) inputs
+    x = tl.load(x_ptr + rows[:, None] * K + k[None, :], mask=(rows[:, None] < M) & (k[None, :] < K), other=0.0)  # (BM, BK)
+    return tl.dot(x, w.to(x.dtype), acc, input_precision=DOT_PRECISION)
 
 
 SPLITK_CONFIGS = [  # NF4's codebook gathers are pipelined too and fill shared memory; the last config fits them all
@@ -221,15 +245,58 @@ def w4a16_splitk_kernel(
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,) output channels
     per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K  # K inputs per slice, whole blocks
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    table = codebook_table(codebook_ptr, CODEBOOK)
     for k0 in range(pid_k * per_split, tl.minimum((pid_k + 1) * per_split, K), BLOCK_K):
         acc = accumulate_tile(
-            acc, x_ptr, rows, cols, k0, M, N, K, row_bytes, packed_ptr, scale_ptr, zero_ptr, codebook_ptr, dq_scale_ptr,
+            acc, x_ptr, rows, cols, k0, M, N, K, row_bytes, packed_ptr, scale_ptr, zero_ptr, table, dq_scale_ptr,
             dq_offset_ptr, dq_table_ptr, GROUP, DQ_GROUP, CODEBOOK, AFFINE, DOUBLE_QUANT, DOT_PRECISION, BLOCK_K,
         )  # fmt: skip
     if HAS_BIAS:
         bias = tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)  # (BLOCK_N,)
         acc += tl.where(pid_k == 0, bias, 0.0)[None, :]
     tl.atomic_add(out_ptr + rows[:, None] * N + cols[None, :], acc, mask=(rows[:, None] < M) & (cols[None, :] < N))
+
+
+GEMV_CONFIGS = [  # no pipelining (no tl.dot): parallelism comes from programs per SM, so tiles stay small (≈ 100 registers)
+    {"BLOCK_N": 32, "BLOCK_K": 256, "SPLIT_K": 4, "num_warps": 4},
+    {"BLOCK_N": 64, "BLOCK_K": 128, "SPLIT_K": 4, "num_warps": 4},
+    {"BLOCK_N": 64, "BLOCK_K": 256, "SPLIT_K": 8, "num_warps": 8},
+    {"BLOCK_N": 16, "BLOCK_K": 512, "SPLIT_K": 8, "num_warps": 4},
+    {"BLOCK_N": 32, "BLOCK_K": 256, "SPLIT_K": 16, "num_warps": 4},
+]  # fmt: skip
+GEMV_INTERPRETER_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 128, "SPLIT_K": 2}
+
+
+@autotuned(GEMV_CONFIGS, GEMV_INTERPRETER_CONFIG, key=["N", "K"], reset_to_zero=["out_ptr"])
+def w4a16_gemv_kernel(
+    x_ptr, out_ptr, bias_ptr, N, K, row_bytes,
+    packed_ptr, scale_ptr, zero_ptr, codebook_ptr, dq_scale_ptr, dq_offset_ptr, dq_table_ptr, GROUP: tl.constexpr, DQ_GROUP: tl.constexpr,
+    CODEBOOK: tl.constexpr, AFFINE: tl.constexpr, DOUBLE_QUANT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+):  # fmt: skip
+    """out (N,) fp32, zeroed, += x[slice] Ŵᵀ[slice, :] for this program's slice of K (+ b from slice 0); one token.
+
+    No tl.dot: each thread multiplies the weights it dequantized by x and adds them into its own registers, an fp32
+    partial sum per byte position of the tile, and the tile is summed over K once, after the loop. So the weight
+    goes from the load to an FMA without a round trip through shared memory into a tensor-core layout."""
+    pid_n, pid_k = tl.program_id(0), tl.program_id(1)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,) output channels
+    per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K  # K inputs per slice, whole blocks
+    table = codebook_table(codebook_ptr, CODEBOOK)
+    acc = tl.zeros((BLOCK_K // 2, BLOCK_N), dtype=tl.float32)  # (BK/2, BN) partial sums of byte position b, column n
+    for k0 in range(pid_k * per_split, tl.minimum((pid_k + 1) * per_split, K), BLOCK_K):
+        b = tile_bytes(k0, BLOCK_K)  # (BK/2,)
+        w_even, w_odd = dequantize_pairs(
+            k0, b[:, None], cols[None, :], N, K, row_bytes, packed_ptr, scale_ptr, zero_ptr, table, dq_scale_ptr, dq_offset_ptr,
+            dq_table_ptr, GROUP, DQ_GROUP, CODEBOOK, AFFINE, DOUBLE_QUANT, BLOCK_K,
+        )  # (BK/2, BN) each  # fmt: skip
+        x_even = tl.load(x_ptr + 2 * b, mask=2 * b < K, other=0.0).to(tl.float32)  # (BK/2,)
+        x_odd = tl.load(x_ptr + 2 * b + 1, mask=2 * b < K, other=0.0).to(tl.float32)  # (BK/2,)
+        acc += w_even * x_even[:, None] + w_odd * x_odd[:, None]
+    out = tl.sum(acc, axis=0)  # (BLOCK_N,)
+    if HAS_BIAS:
+        out += tl.where(pid_k == 0, tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32), 0.0)
+    tl.atomic_add(out_ptr + cols, out, mask=cols < N)
 
 
 TILED_CONFIGS = [
@@ -253,9 +320,10 @@ def w4a16_tiled_kernel(
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,) tokens
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,) output channels
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    table = codebook_table(codebook_ptr, CODEBOOK)
     for k0 in range(0, K, BLOCK_K):
         acc = accumulate_tile(
-            acc, x_ptr, rows, cols, k0, M, N, K, row_bytes, packed_ptr, scale_ptr, zero_ptr, codebook_ptr, dq_scale_ptr,
+            acc, x_ptr, rows, cols, k0, M, N, K, row_bytes, packed_ptr, scale_ptr, zero_ptr, table, dq_scale_ptr,
             dq_offset_ptr, dq_table_ptr, GROUP, DQ_GROUP, CODEBOOK, AFFINE, DOUBLE_QUANT, DOT_PRECISION, BLOCK_K,
         )  # fmt: skip
     if HAS_BIAS:
@@ -272,23 +340,38 @@ def weight_args(w: Packed4Bit) -> tuple:
     )  # fmt: skip
 
 
-def w4a16_linear_triton(x: torch.Tensor, w: Packed4Bit, bias: torch.Tensor | None, out: torch.Tensor | None = None) -> torch.Tensor:
+def pick_kernel(M: int) -> str:
+    """One token: the GEMV; up to SMALL_M: split-K with tl.dot; more: the tiled GEMM."""
+    return "gemv" if M == 1 else "splitk" if M <= SMALL_M else "tiled"
+
+
+def w4a16_linear_triton(
+    x: torch.Tensor, w: Packed4Bit, bias: torch.Tensor | None, out: torch.Tensor | None = None, kernel: str | None = None
+) -> torch.Tensor:
     """The Triton version of `w4a16_linear_reference`, x (…, K) -> (…, N), written into `out` (M, N) when given (the
-    tests fill it with NaN first, so that a tile left unwritten shows). For M ≤ 16 the kernel adds into a zeroed fp32
-    buffer, then copied into `out`."""
+    tests fill it with NaN first, so that a tile left unwritten shows). `kernel` ("gemv", "splitk", "tiled"; default
+    `pick_kernel(M)`) names the kernel, for tests and benchmarks. The GEMV and split-K kernels add into a zeroed
+    fp32 buffer, then copied into `out`."""
     if not w.kernel_ready:
         raise ValueError(f"the W4A16 kernels need K even and a whole number of power-of-two groups; got (N, K) = {w.shape}, "
                          f"group {w.group_size}: use w4a16_linear, which sends such weights to the reference")
     (N, K), lead = w.shape, x.shape[:-1]
     x2 = x.reshape(-1, K).contiguous()  # (M, K)
     M = x2.shape[0]
-    flags = {
-        "CODEBOOK": w.codebook is not None, "AFFINE": w.zero_point is not None, "DOUBLE_QUANT": w.double_quant,
-        "HAS_BIAS": bias is not None, "DOT_PRECISION": "ieee" if x.dtype == torch.float32 else None,  # fp32: no TF32
-    }  # fmt: skip
-    args = (M, N, K, K // 2, triton.next_power_of_2(M), *weight_args(w))
+    kernel = kernel or pick_kernel(M)
+    if (kernel == "gemv" and M != 1) or (kernel == "splitk" and M > SMALL_M):
+        raise ValueError(f"the {kernel} kernel takes M = 1 (gemv) or M ≤ {SMALL_M} (splitk) tokens, got M = {M}")
+    flags = {"CODEBOOK": w.codebook is not None, "AFFINE": w.zero_point is not None, "DOUBLE_QUANT": w.double_quant,
+             "HAS_BIAS": bias is not None}  # fmt: skip
     out = torch.empty(M, N, dtype=x.dtype, device=x.device) if out is None else out
-    if M <= SMALL_M:
+    if kernel == "gemv":
+        acc = torch.zeros(N, dtype=torch.float32, device=x.device)
+        grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), meta["SPLIT_K"])  # noqa: E731
+        w4a16_gemv_kernel[grid](x2, acc, bias, N, K, K // 2, *weight_args(w), **flags)
+        return out.copy_(acc[None]).view(*lead, N)
+    args = (M, N, K, K // 2, triton.next_power_of_2(M), *weight_args(w))
+    flags["DOT_PRECISION"] = "ieee" if x.dtype == torch.float32 else None  # fp32: no TF32
+    if kernel == "splitk":
         acc = torch.zeros(M, N, dtype=torch.float32, device=x.device)
         grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), meta["SPLIT_K"])  # noqa: E731
         w4a16_splitk_kernel[grid](x2, acc, bias, *args, **flags, BLOCK_M=SMALL_M)
