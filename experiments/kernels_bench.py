@@ -8,7 +8,8 @@ the calls, which also counts launch time when launching takes longer than the fl
 
 - W4A16, M = 1 … 64 tokens, K = N = 8192 and BERT-base's FFN shapes (768 -> 3072, 3072 -> 768): bf16 F.linear
   (cuBLAS), our int4 per group (G = 128) and NF4 (B = 64, plain and double-quantized), bitsandbytes Linear4bit
-  (NF4) and Linear8bitLt, torchao int4 weight-only (G = 128), the last three only if they import.
+  (NF4) and Linear8bitLt, torchao int4 weight-only (G = 128), the last three only if they import. At M = 1 also
+  our split-K tl.dot kernel (what M = 2 … 16 use), beside the GEMV that M = 1 uses.
 - W8A8, M = N = K = 8192 and BERT-base shapes at 4096 tokens: bf16 F.linear, our two kernels (the whole layer:
   per-token quantization, then the fused GEMM; and the fused GEMM alone, on codes quantized beforehand),
   torch._int_mm followed by the scaling in separate torch ops, bitsandbytes Linear8bitLt.
@@ -121,6 +122,8 @@ def w4a16_contenders(linear: nn.Linear) -> dict:
         q = WeightOnlyLinear.from_linear(linear, method, **options)
         w = Packed4Bit.from_storage(q.layout, dict(q.named_buffers()), dynamic_codebook_on(linear.weight.device))
         found[name] = (lambda x, w=w: w4a16_linear_triton(x, w, None), q.weight_nbytes)
+        if "double" not in name:  # at M = 1 only: the GEMV against the split-K tl.dot kernel that M = 2 … 16 use
+            found[f"{name}, split-K tl.dot"] = (lambda x, w=w: w4a16_linear_triton(x, w, None, kernel="splitk"), q.weight_nbytes)
     found |= library_contenders(linear, ["bitsandbytes NF4", "bitsandbytes int8", "torchao int4 G=128"])
     return found
 
@@ -152,13 +155,16 @@ def w8a8_contenders(linear: nn.Linear) -> dict:
 
 
 def library_contenders(linear: nn.Linear, names: list[str]) -> dict:
-    """The library layers that import and build here; the others map to the reason they did not."""
+    """The library layers that import and build here; the others map to the reason they did not. bitsandbytes'
+    Linear8bitLt cannot be captured in a CUDA graph (a failed capture leaves torch's generator broken for the rest
+    of the process), so its row is timed eagerly and says so."""
     makers = {"bitsandbytes NF4": bnb_nf4, "bitsandbytes int8": bnb_int8, "torchao int4 G=128": torchao_int4}
     found = {}
     for name in names:
         try:
             layer = makers[name](linear)
-            found[name] = (lambda x, layer=layer: layer(x), weight_bytes(layer))
+            row = f"{name} (eager timer: not capturable)" if name == "bitsandbytes int8" else name
+            found[row] = (lambda x, layer=layer: layer(x), weight_bytes(layer))
         except Exception as error:  # an absent or broken library is a row of the table, not a crash
             found[name] = f"{type(error).__name__}: {error}".splitlines()[0][:200]
     return found
@@ -211,7 +217,7 @@ def run(timer: Timer, M: int, K: int, N: int, contenders: dict, prepare, buffers
         fn, nbytes = contender
         try:
             row["eager ms"] = timer.eager_ms(fn, inputs)
-            ms = timer.graph_ms(fn, inputs)
+            ms = row["eager ms"] if "not capturable" in name else timer.graph_ms(fn, inputs)
         except Exception:  # a library layer that cannot be captured in a graph keeps its eager time
             rows.append(row | {"error": traceback.format_exc().strip().splitlines()[-1][:200]})
             continue
@@ -229,8 +235,9 @@ def w4a16(timer: Timer, buffers: int) -> list[dict]:
     for K, N in W4A16_SHAPES:
         contenders = w4a16_contenders(gaussian_linear(K, N))
         for M in W4A16_M:
-            rows += run(timer, M, K, N, contenders, lambda x: None, buffers)
-            print_rows(rows[-len(contenders):])
+            chosen = {name: c for name, c in contenders.items() if M == 1 or "split-K" not in name}
+            rows += run(timer, M, K, N, chosen, lambda x: None, buffers)
+            print_rows(rows[-len(chosen):])
     return rows
 
 

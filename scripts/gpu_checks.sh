@@ -29,10 +29,11 @@ stage() {  # stage NAME SECONDS COMMAND...
 
 for what in "$@"; do
   case $what in
-    tests)  # four pytest workers share the GPU: compiling and autotuning, not the GPU, bound this matrix
+    tests)  # 14 pytest workers share the GPU: compiling and autotuning, not the GPU, bound this matrix
       stage int4-first 40 python3 -m pytest -x --tb=long -p no:cacheprovider -m gpu "tests/test_kernels_int4.py::test_w4a16_other_formats_on_cuda"
-      stage int8-tests 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_kernels_int8.py
-      stage int4-tests 300 python3 -m pytest -q -n 8 --maxfail=10 -p no:cacheprovider -m gpu tests/test_kernels_int4.py ;;
+      stage int8-tests 480 python3 -m pytest -q -n 4 -p no:cacheprovider -m gpu tests/test_kernels_int8.py &
+      stage int4-tests 480 python3 -m pytest -q -n 10 --maxfail=10 -p no:cacheprovider -m gpu tests/test_kernels_int4.py &
+      wait ;;
     bench)
       stage kernels-bench 160 python3 experiments/kernels_bench.py
       cp experiments/results/kernels_bench.* "$LOG"/ 2>/dev/null ;;
