@@ -32,6 +32,7 @@ import argparse
 import contextlib
 import gc
 import json
+import sys
 import weakref
 from pathlib import Path
 
@@ -208,11 +209,35 @@ def main() -> None:
               "precision": args.precision, "rows": rows, "runs": runs, "device_name": device_name(args.device), "torch": torch.__version__}  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "qlora.json"  # one entry per profile; the markdown is rendered from it
-    reports = {**(json.loads(path.read_text()) if path.exists() else {}), args.profile: report}
+    reports = json.loads(path.read_text()) if path.exists() else {}
+    reports[args.profile] = merged(reports.get(args.profile), report, args.variants)
     path.write_text(json.dumps(reports, indent=2) + "\n")
     (RESULTS / "qlora.md").write_text("\n".join(render(reports[k]) for k in sorted(reports)))
     print(f"wrote {RESULTS / 'qlora.md'}")
     print(json.dumps(rows))
+
+
+def merged(old: dict | None, new: dict, variants: list[str]) -> dict:
+    """The new report, keeping the old report's rows and runs of the variants this run did not train (a run of some
+    variants updates theirs, on the same profile), each row noting its device, torch and precision."""
+    stamp = {k: new[k] for k in ("device_name", "torch", "precision")} | {"command": " ".join(sys.argv[1:])}
+    new["rows"] = [{**stamp, **row} for row in new["rows"]]
+    if old is None:
+        return new
+    keep = lambda items: [x for x in items if x["variant"] not in variants]  # noqa: E731
+    new["rows"] = sorted(keep(old["rows"]) + new["rows"], key=lambda row: list(VARIANTS).index(row["variant"]))
+    new["runs"] = keep(old["runs"]) + new["runs"]
+    return new
+
+
+def commands(r: dict) -> str:
+    """The command line(s) that trained the report's rows, with the variants each trained."""
+    made = {}
+    for row in r["rows"]:
+        made.setdefault(row.get("command", f"--profile {r['profile']}"), []).append(row["variant"])
+    if len(made) == 1:
+        return f"`python experiments/qlora.py {next(iter(made))}`"
+    return "; ".join(f"`python experiments/qlora.py {c}` ({', '.join(v)})" for c, v in made.items())
 
 
 def mb(n: float) -> str:
@@ -229,7 +254,7 @@ def render(r: dict) -> str:
     lines = [
         f"# QLoRA, {r['profile']} profile: {r['model']} on Rotten Tomatoes sentiment",
         "",
-        f"Command: `python experiments/qlora.py --profile {r['profile']}`; device {r['device_name']}, torch {r['torch']}, precision {r['precision']}.",
+        f"Command: {commands(r)}; device {r['device_name']}, torch {r['torch']}, precision {r['precision']}.",
         f"Every variant: `finetune --pooling mean --batch-size 32 {' '.join(r['finetune_args'])}`; LoRA and QLoRA: r = 8, α = 16 on every Linear "
         "of the layers (query key value out up down). The learning rate is the best of the variant's grid on validation, on the first seed.",
         "Linear weights: the encoder's 37 Linear layers (6 × 6 and the pooler) as stored, and their ratio to the same weights in bf16. "
@@ -249,7 +274,10 @@ def render(r: dict) -> str:
     if r["profile"] == "quick":
         lines += ["The quick profile is a smoke run of about 30 steps per variant: too short to compare accuracies. The full profile does. "
                   "On a shared CPU the train seconds say more about what else ran at the time than about the variant.", ""]  # fmt: skip
-    elif {"lora", "qlora"} <= set(acc):
+    else:
+        lines += ["train s: the wall time of a run while the invocation's other runs (--workers) shared the GPU, comparable "
+                  "between the rows of one command only.", ""]  # fmt: skip
+    if r["profile"] != "quick" and {"lora", "qlora"} <= set(acc):
         agrees = abs(acc["qlora"] - acc["lora"]) <= 0.01
         lines += [f"Dettmers et al. (section 4, 5): QLoRA with NF4 and double quantization matches 16-bit LoRA. Here QLoRA is "
                   f"{100 * (acc['qlora'] - acc['lora']):+.1f} points from LoRA: {'within' if agrees else 'not within'} 1 point.", ""]  # fmt: skip
