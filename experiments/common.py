@@ -1,4 +1,4 @@
-"""What the experiments share: naming the device, and running many `finetune` jobs at once."""
+"""What the experiments share: naming the device, running many `finetune` jobs at once, and their tables' accuracy deltas."""
 
 from __future__ import annotations
 
@@ -35,3 +35,8 @@ def run_all(argvs: list[list[str]], workers: int) -> list[dict]:
     a fresh process, so that its peak memory (the process's peak RSS on a CPU) is its own."""
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1) as pool:
         return list(pool.map(run_finetune, argvs))
+
+
+def points_vs(row: dict, acc: dict[str, float], baseline: str) -> str:
+    """A row's test accuracy against the baseline's (`acc`: name -> test accuracy), in points; n/a without one."""
+    return f"{100 * (row['test_accuracy'] - acc[baseline]):+.1f}" if baseline in acc else "n/a"

@@ -27,7 +27,7 @@ import torch
 from minitransformers.peft.methods import METHODS as ALL_METHODS
 from minitransformers.text.sources import data_dir
 
-from common import device_name, reference_name, run_all
+from common import device_name, points_vs, reference_name, run_all
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = tuple(m for m in ALL_METHODS if m != "qlora")  # QLoRA, a quantized base, has its own experiment: qlora.py
@@ -130,11 +130,6 @@ def plot(rows: list[dict], path: Path) -> bool:
     return True
 
 
-def delta(row: dict, acc: dict) -> str:
-    """Test accuracy against full fine-tuning's, in points."""
-    return f"{100 * (row['test_accuracy'] - acc['full']):+.1f}" if "full" in acc else "n/a"
-
-
 def render(r: dict) -> str:
     acc = {row["method"]: row["test_accuracy"] for row in r["rows"]}
     lines = [
@@ -151,7 +146,7 @@ def render(r: dict) -> str:
         "| method | lr | trainable params | % of the model | test accuracy (mean ± std over seeds) | Δ vs full | validation accuracy | train s | peak memory MB | saved |",
         "|---|---|---|---|---|---|---|---|---|---|",
         *[f"| {row['method']} | {row['lr']:g} | {row['trainable_parameters']:,} | {row['trainable_percent']:.3f} | {row['test_accuracy']:.4f} ± {row['test_accuracy_std']:.4f} | "
-          f"{delta(row, acc)} | {row['validation_accuracy']:.4f} | {row['train_seconds']:.0f} | "
+          f"{points_vs(row, acc, 'full')} | {row['validation_accuracy']:.4f} | {row['train_seconds']:.0f} | "
           f"{row['peak_memory_mb']:.0f} | {row['saved_bytes'] / 1e6:.3g} MB |" for row in r["rows"]],
         "",
         f"![accuracy against trainable parameters](peft_compare_{r['profile']}.png)" if r["png"] else "Install matplotlib for the plot of accuracy against trainable parameters; the numbers are in peft_compare.json.",

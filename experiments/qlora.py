@@ -46,7 +46,7 @@ from minitransformers.peft.methods import apply_method
 from minitransformers.peft.qlora import ALL_LINEAR, base_memory
 from minitransformers.text.sources import data_dir
 
-from common import device_name, reference_name, run_all
+from common import device_name, points_vs, reference_name, run_all
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "targets": list(ALL_LINEAR)}
@@ -244,11 +244,6 @@ def mb(n: float) -> str:
     return f"{n / 2**20:.1f}"
 
 
-def delta(row: dict, acc: dict) -> str:
-    """Test accuracy against LoRA's over the fp32 base, in points."""
-    return f"{100 * (row['test_accuracy'] - acc['lora']):+.1f}" if "lora" in acc else "n/a"
-
-
 def render(r: dict) -> str:
     acc = {row["variant"]: row["test_accuracy"] for row in r["rows"]}
     lines = [
@@ -263,7 +258,7 @@ def render(r: dict) -> str:
         "| variant | lr | trainable params | test accuracy (mean ± std) | Δ vs lora | validation accuracy | Linear weights MB | bits / weight | × bf16 | model MB | peak step MB | train s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
         *[f"| {row['variant']} | {row['lr']:g} | {row['trainable_parameters']:,} | {row['test_accuracy']:.4f} ± {row['test_accuracy_std']:.4f} | "
-          f"{delta(row, acc)} | {row['validation_accuracy']:.4f} | {mb(row['linear_weight_bytes'])} | "
+          f"{points_vs(row, acc, 'lora')} | {row['validation_accuracy']:.4f} | {mb(row['linear_weight_bytes'])} | "
           f"{row['bits_per_weight']:.3f} | {row['ratio_to_bf16']:.3f} | {mb(row['model_bytes'])} | {mb(row['peak_step_bytes'])} | {row['train_seconds']:.0f} |"
           for row in r["rows"]],
         "",

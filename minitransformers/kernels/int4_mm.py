@@ -364,20 +364,18 @@ def w4a16_linear_triton(
     flags = {"CODEBOOK": w.codebook is not None, "AFFINE": w.zero_point is not None, "DOUBLE_QUANT": w.double_quant,
              "HAS_BIAS": bias is not None}  # fmt: skip
     out = torch.empty(M, N, dtype=x.dtype, device=x.device) if out is None else out
-    if kernel == "gemv":
-        acc = torch.zeros(N, dtype=torch.float32, device=x.device)
-        grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), meta["SPLIT_K"])  # noqa: E731
-        w4a16_gemv_kernel[grid](x2, acc, bias, N, K, K // 2, *weight_args(w), **flags)
-        return out.copy_(acc[None]).view(*lead, N)
-    args = (M, N, K, K // 2, triton.next_power_of_2(M), *weight_args(w))
-    flags["DOT_PRECISION"] = "ieee" if x.dtype == torch.float32 else None  # fp32: no TF32
-    if kernel == "splitk":
+    dot = {"DOT_PRECISION": "ieee" if x.dtype == torch.float32 else None}  # the tl.dot kernels; fp32: no TF32
+    shape = (M, N, K, K // 2, triton.next_power_of_2(M))  # M, N, K, row_bytes, M_CLASS
+    if kernel in ("gemv", "splitk"):
         acc = torch.zeros(M, N, dtype=torch.float32, device=x.device)
         grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), meta["SPLIT_K"])  # noqa: E731
-        w4a16_splitk_kernel[grid](x2, acc, bias, *args, **flags, BLOCK_M=SMALL_M)
+        if kernel == "gemv":
+            w4a16_gemv_kernel[grid](x2, acc, bias, N, K, K // 2, *weight_args(w), **flags)
+        else:
+            w4a16_splitk_kernel[grid](x2, acc, bias, *shape, *weight_args(w), **flags, **dot, BLOCK_M=SMALL_M)
         return out.copy_(acc).view(*lead, N)
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
-    w4a16_tiled_kernel[grid](x2, out, bias, *args, **flags)
+    w4a16_tiled_kernel[grid](x2, out, bias, *shape, *weight_args(w), **flags, **dot)
     return out.view(*lead, N)
 
 
