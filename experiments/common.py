@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing
 import platform
 from concurrent.futures import ProcessPoolExecutor
@@ -22,6 +23,16 @@ def reference_name(path: Path) -> str:
     rounded to fp16 to travel to a GPU machine says so there, and the tables say so too."""
     note = " ".join((path / ".fetched").read_text().split()[1:])
     return f"all-MiniLM-L6-v2 ({note})" if note else "all-MiniLM-L6-v2"
+
+
+def experiment_parser(doc: str, profiles: dict, workers: int) -> argparse.ArgumentParser:
+    """The options every fine-tuning comparison takes: --profile, --device, --precision, --workers."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", choices=profiles, default="quick")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", default="bf16" if torch.cuda.is_available() else "fp32")
+    parser.add_argument("--workers", type=int, default=workers, help=f"parallel runs on CUDA (default: {workers}); on CPU one at a time")
+    return parser
 
 
 def run_finetune(argv: list[str]) -> dict:

@@ -18,7 +18,6 @@ against trainable parameters when matplotlib is installed); the last line printe
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import torch
 from minitransformers.peft.methods import METHODS as ALL_METHODS
 from minitransformers.text.sources import data_dir
 
-from common import device_name, points_vs, reference_name, run_all
+from common import device_name, experiment_parser, points_vs, reference_name, run_all
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = tuple(m for m in ALL_METHODS if m != "qlora")  # QLoRA, a quantized base, has its own experiment: qlora.py
@@ -77,11 +76,7 @@ CLAIMS = [
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", choices=PROFILES, default="quick")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--precision", default="bf16" if torch.cuda.is_available() else "fp32")
-    parser.add_argument("--workers", type=int, default=16, help="parallel runs on CUDA (default: 16); on CPU one at a time")
+    parser = experiment_parser(__doc__, PROFILES, workers=16)
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     args = parser.parse_args()
     profile, root, base = PROFILES[args.profile], Path("runs") / f"peft_compare_{args.profile}", data_dir("minilm")

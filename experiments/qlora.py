@@ -28,7 +28,6 @@ Writes runs/qlora_<profile>/ and experiments/results/qlora.{json,md}; the last l
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gc
 import json
@@ -46,7 +45,7 @@ from minitransformers.peft.methods import apply_method
 from minitransformers.peft.qlora import ALL_LINEAR, base_memory
 from minitransformers.text.sources import data_dir
 
-from common import device_name, points_vs, reference_name, run_all
+from common import device_name, experiment_parser, points_vs, reference_name, run_all
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "targets": list(ALL_LINEAR)}
@@ -179,11 +178,7 @@ def train(root: Path, base: Path, jobs: list[tuple[str, float, int]], args, work
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", choices=PROFILES, default="quick")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--precision", default="bf16" if torch.cuda.is_available() else "fp32")
-    parser.add_argument("--workers", type=int, default=8, help="parallel runs on CUDA (default: 8); on CPU one at a time")
+    parser = experiment_parser(__doc__, PROFILES, workers=8)
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     args = parser.parse_args()
     profile, root, base = PROFILES[args.profile], Path("runs") / f"qlora_{args.profile}", data_dir("minilm")
