@@ -1,4 +1,5 @@
-"""What the experiments share: naming the device, running many `finetune` jobs at once, and their tables' accuracy deltas."""
+"""What the experiments share: their options, naming the device, running many `finetune` jobs at once, picking the
+learning rate and averaging over seeds, and their tables' accuracy deltas."""
 
 from __future__ import annotations
 
@@ -51,3 +52,20 @@ def run_all(argvs: list[list[str]], workers: int) -> list[dict]:
 def points_vs(row: dict, acc: dict[str, float], baseline: str) -> str:
     """A row's test accuracy against the baseline's (`acc`: name -> test accuracy), in points; n/a without one."""
     return f"{100 * (row['test_accuracy'] - acc[baseline]):+.1f}" if baseline in acc else "n/a"
+
+
+def best_on_validation(runs: list[dict], key: str) -> dict[str, dict]:
+    """run[key] (the method or variant) -> its run with the best validation accuracy (over the learning rates)."""
+    chosen = {}
+    for run in runs:
+        if run[key] not in chosen or run["validation_accuracy"] > chosen[run[key]]["validation_accuracy"]:
+            chosen[run[key]] = run
+    return chosen
+
+
+def over_seeds(runs: list[dict], chosen: dict, key: str) -> dict:
+    """The chosen run's row, its test accuracy and train time the mean over every seed at its learning rate."""
+    seeded = [run for run in runs if run[key] == chosen[key] and run["lr"] == chosen["lr"]]
+    test = torch.tensor([run["test_accuracy"] for run in seeded], dtype=torch.float64)
+    return {**chosen, "test_accuracy": test.mean().item(), "test_accuracy_std": test.std().item() if len(seeded) > 1 else 0.0,
+            "test_accuracy_per_seed": test.tolist(), "train_seconds": sum(run["train_seconds"] for run in seeded) / len(seeded)}  # fmt: skip

@@ -26,7 +26,7 @@ import torch
 from minitransformers.peft.methods import METHODS as ALL_METHODS
 from minitransformers.text.sources import data_dir
 
-from common import device_name, experiment_parser, points_vs, reference_name, run_all
+from common import best_on_validation, device_name, experiment_parser, over_seeds, points_vs, reference_name, run_all
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = tuple(m for m in ALL_METHODS if m != "qlora")  # QLoRA, a quantized base, has its own experiment: qlora.py
@@ -84,17 +84,9 @@ def main() -> None:
     workers = args.workers if args.device.startswith("cuda") else 1
     first, *more = profile["seeds"]
     runs = train(root, base, [(method, lr, first) for method in args.methods for lr in LR_GRID[method][profile["lrs"]]], args, workers)
-    chosen = {}  # method -> the learning rate whose run has the best validation accuracy
-    for run in runs:
-        if run["method"] not in chosen or run["validation_accuracy"] > chosen[run["method"]]["validation_accuracy"]:
-            chosen[run["method"]] = run
+    chosen = best_on_validation(runs, "method")
     runs += train(root, base, [(method, chosen[method]["lr"], seed) for method in args.methods for seed in more], args, workers)
-    rows = []
-    for method in args.methods:  # the chosen rate's runs over every seed: mean and spread
-        seeded = [run for run in runs if run["method"] == method and run["lr"] == chosen[method]["lr"]]
-        test = torch.tensor([run["test_accuracy"] for run in seeded], dtype=torch.float64)
-        rows.append({**chosen[method], "test_accuracy": test.mean().item(), "test_accuracy_std": test.std().item() if len(seeded) > 1 else 0.0,
-                     "test_accuracy_per_seed": test.tolist(), "train_seconds": sum(run["train_seconds"] for run in seeded) / len(seeded)})  # fmt: skip
+    rows = [over_seeds(runs, chosen[method], "method") for method in args.methods]
 
     report = {"profile": args.profile, "model": reference_name(base), "finetune_args": profile["finetune"], "rows": rows,
               "runs": runs, "device_name": device_name(args.device), "torch": torch.__version__}  # fmt: skip

@@ -45,7 +45,7 @@ from minitransformers.peft.methods import apply_method
 from minitransformers.peft.qlora import ALL_LINEAR, base_memory
 from minitransformers.text.sources import data_dir
 
-from common import device_name, experiment_parser, points_vs, reference_name, run_all
+from common import best_on_validation, device_name, experiment_parser, over_seeds, points_vs, reference_name, run_all
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "targets": list(ALL_LINEAR)}
@@ -187,17 +187,9 @@ def main() -> None:
     workers = args.workers if args.device.startswith("cuda") else 1
     first, *more = profile["seeds"]
     runs = train(root, base, [(v, lr, first) for v in args.variants for lr in VARIANTS[v][3][profile["lrs"]]], args, workers)
-    chosen = {}  # variant -> the run of the learning rate with the best validation accuracy
-    for run in runs:
-        if run["variant"] not in chosen or run["validation_accuracy"] > chosen[run["variant"]]["validation_accuracy"]:
-            chosen[run["variant"]] = run
+    chosen = best_on_validation(runs, "variant")
     runs += train(root, base, [(v, chosen[v]["lr"], seed) for v in args.variants for seed in more], args, workers)
-    rows = []
-    for v in args.variants:  # the chosen rate's runs over every seed: mean and spread
-        seeded = [run for run in runs if run["variant"] == v and run["lr"] == chosen[v]["lr"]]
-        test = torch.tensor([run["test_accuracy"] for run in seeded], dtype=torch.float64)
-        rows.append({**chosen[v], "test_accuracy": test.mean().item(), "test_accuracy_std": test.std().item() if len(seeded) > 1 else 0.0,
-                     "test_accuracy_per_seed": test.tolist(), "train_seconds": sum(run["train_seconds"] for run in seeded) / len(seeded), **measured[v]})  # fmt: skip
+    rows = [{**over_seeds(runs, chosen[v], "variant"), **measured[v]} for v in args.variants]
 
     report = {"profile": args.profile, "model": reference_name(base), "max_length": profile["max_length"],
               "finetune_args": ["--max-length", str(profile["max_length"]), *profile["finetune"]],
