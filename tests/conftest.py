@@ -1,11 +1,22 @@
-"""Shared fixtures: the real data folders (fetched by `make test`) and seeded RNG."""
+"""Shared fixtures and helpers: the real data folders (fetched by `make test`), seeded RNG, tiny random configs,
+the tiny fine-tuning setup (a WordPiece vocabulary, a 2-layer BERT and synthetic reviews), and a small classifier
+for the quantization tests. Test modules import helpers from here, never from each other."""
 
+import csv
+import random
 from pathlib import Path
 
 import pytest
 import torch
 
+from minitransformers import Encoder, EncoderConfig
+from minitransformers.model import SequenceClassifier
+from minitransformers.text.tokenizer import Tokenizer, train_wordpiece
+from minitransformers.train import checkpoint
+
 DATA = Path(__file__).resolve().parent.parent / "data"
+POSITIVE, NEGATIVE = ["good", "great", "love", "fine"], ["bad", "awful", "hate", "poor"]
+FILLER = ["the", "movie", "was", "plot", "actor", "film", "and", "a", "story", "really"]
 
 
 def fetched(name: str) -> Path:
@@ -21,6 +32,124 @@ def minilm_dir() -> Path:
     return fetched("minilm")
 
 
+@pytest.fixture
+def transformers():
+    """The `transformers` module, for the parity tests alone: they skip without it, the invariants never do."""
+    return pytest.importorskip("transformers", reason="transformers is not installed; pip install the test extra")
+
+
+@pytest.fixture
+def peft():
+    """The `peft` module, for the parity tests alone."""
+    return pytest.importorskip("peft", reason="peft is not installed; pip install the test extra")
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# --- tiny random encoders -------------------------------------------------------------------------------------------
+
+TINY_CONFIGS = [
+    EncoderConfig(vocab_size=97, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=37, max_position_embeddings=24, hidden_act="gelu"),
+    EncoderConfig(vocab_size=61, hidden_size=48, num_layers=3, num_heads=6, intermediate_size=64, max_position_embeddings=16, type_vocab_size=3, hidden_act="gelu_new", layer_norm_eps=1e-5),
+    EncoderConfig(vocab_size=50, hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128, max_position_embeddings=32, hidden_act="gelu_pytorch_tanh", pad_token_id=3),
+]
+
+
+def hf_bert(config: EncoderConfig):
+    """A random `transformers.BertModel` of `config` (the test skips without transformers)."""
+    transformers = pytest.importorskip("transformers")
+    hf_config = transformers.BertConfig(**config.to_hf(), attn_implementation="eager")
+    model = transformers.BertModel(hf_config).eval()
+    with torch.no_grad():  # HF inits LayerNorm at identity and biases at zero; randomise them so they are tested
+        for name, p in model.named_parameters():
+            if "LayerNorm" in name or name.endswith("bias"):
+                p.normal_(mean=1.0 if name.endswith("LayerNorm.weight") else 0.0, std=0.1)
+    return model
+
+
+def random_batch(config: EncoderConfig, B=4, T=11):
+    """Random ids, token types, and padding of different lengths per row (one row fully unpadded)."""
+    input_ids = torch.randint(0, config.vocab_size, (B, T))
+    token_type_ids = torch.randint(0, config.type_vocab_size, (B, T))
+    lengths = torch.tensor([T] + torch.randint(1, T, (B - 1,)).tolist())
+    attention_mask = (torch.arange(T)[None, :] < lengths[:, None]).long()  # (B, T)
+    return input_ids, attention_mask, token_type_ids
+
+
+def save_edited(model, tmp_path, edit):
+    """Save `model`, then change its weights file on disk with `edit(state)`."""
+    from minitransformers.io.safetensors import load_file, save_file
+
+    model.save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    edit(state)
+    save_file(state, tmp_path / "model.safetensors")
+
+
+# --- the tiny fine-tuning setup ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A 2-layer, 32-wide BERT (dropout 0, so processes agree) with a WordPiece vocabulary, and a CSV of
+    250 synthetic reviews whose label is the sentiment word they contain."""
+    root = tmp_path_factory.mktemp("tiny")
+    rng = random.Random(0)
+    rows = []
+    for _ in range(250):
+        label = rng.random() < 0.5
+        words = [rng.choice(FILLER) for _ in range(rng.randint(2, 14))]
+        words.insert(rng.randrange(len(words) + 1), rng.choice(POSITIVE if label else NEGATIVE))
+        rows.append({"text": " ".join(words), "label": int(label)})
+    with open(root / "reviews.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, ["text", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+    (root / "corpus.txt").write_text("\n".join(r["text"] for r in rows))
+    tok = train_wordpiece([root / "corpus.txt"], vocab_size=100, min_frequency=1)
+    config = EncoderConfig(vocab_size=tok.vocab_size, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=32, hidden_dropout=0.0, attention_dropout=0.0)
+    torch.manual_seed(0)
+    Encoder(config).save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    return root
+
+
+def finetune_argv(tiny, out, *extra) -> list[str]:
+    """`finetune` on the tiny model and reviews, into `out`, with `extra` flags."""
+    return ["finetune", "--model", str(tiny / "model"), "--data", str(tiny / "reviews.csv"), "--out", str(out), "--batch-size", "8", "--lr", "1e-3", "--device", "cpu", *extra]
+
+
+def final_weights(out) -> dict:
+    """Every tensor of the model at the end of the run in `out`, from its checkpoint."""
+    return checkpoint.load(Path(out) / "checkpoint.pt")["model"]
+
+
+def review_batch(tiny) -> dict:
+    """Three reviews of different lengths, so that one is padded."""
+    return Tokenizer.from_pretrained(tiny / "model")(["the film was great", "awful plot and a really poor story", "love it"])
+
+
+# --- a small classifier for the quantization tests ---------------------------------------------------------------
+
+SMALL_CONFIG = EncoderConfig(vocab_size=97, hidden_size=128, num_layers=2, num_heads=2, intermediate_size=512, max_position_embeddings=24)
+LINEARS = 2 * 6 + 1  # query, key, value, out, up, down per layer, and the pooler; the classifier is skipped
+CSR_WARNING = "ignore:Sparse CSR tensor support is in beta"
+
+
+def small_classifier() -> SequenceClassifier:
+    """A random classifier (BERT's N(0, 0.02) weights) with nonzero biases, so a dropped bias shows."""
+    model = SequenceClassifier(Encoder(SMALL_CONFIG), 3).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(std=0.1)
+    return model
+
+
+def ragged_batch(B=8, T=16):
+    ids = torch.randint(0, SMALL_CONFIG.vocab_size, (B, T))
+    mask = (torch.arange(T)[None] < torch.randint(4, T + 1, (B, 1))).long()  # (B, T), ragged
+    return ids, mask

@@ -13,7 +13,7 @@ from minitransformers import Encoder, EncoderConfig
 from minitransformers.model import SequenceClassifier
 from minitransformers.peft.adapters import Adapter, add_adapters
 from minitransformers.peft.common import count_parameters, load_trainable_state_dict, trainable_state_dict
-from test_encoder import random_batch
+from conftest import random_batch
 
 CONFIG = EncoderConfig(vocab_size=97, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=37, max_position_embeddings=24)
 KINDS = ["houlsby", "pfeiffer"]

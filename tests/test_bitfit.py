@@ -8,7 +8,7 @@ from minitransformers import Encoder, EncoderConfig
 from minitransformers.model import SequenceClassifier
 from minitransformers.peft.bitfit import add_bitfit
 from minitransformers.peft.common import count_parameters
-from test_encoder import random_batch
+from conftest import random_batch
 
 CONFIG = EncoderConfig(vocab_size=97, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=37, max_position_embeddings=24)
 

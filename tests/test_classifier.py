@@ -8,7 +8,7 @@ import torch
 
 from minitransformers import Encoder, EncoderConfig, Tokenizer
 from minitransformers.model import SequenceClassifier
-from test_encoder import random_batch, save_edited
+from conftest import random_batch, save_edited
 
 transformers = pytest.importorskip("transformers")
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from test_trainer import args, tiny  # noqa: F401 (tiny is a fixture)
+from conftest import finetune_argv
 from torch import nn
 
 from minitransformers.cli import main
@@ -133,7 +133,7 @@ def test_cluster_model_freezes_all_but_the_centroids_and_keeps_the_zeros(tiny): 
 
 def test_compress_cli_prunes_clusters_retrains_and_saves_what_it_scored(tiny, tmp_path, capsys):  # noqa: F811
     finetuned = tmp_path / "ft"
-    main(args(tiny, finetuned, "--epochs", "3", "--pooling", "cls"))
+    main(finetune_argv(tiny, finetuned, "--epochs", "3", "--pooling", "cls"))
     out = tmp_path / "dc"
     main(["compress", "--model", str(finetuned), "--data", str(tiny / "reviews.csv"), "--out", str(out),
           "--lr", "1e-3", "--centroid-lr", "1e-2", "--batch-size", "8", "--device", "cpu", "--json"])  # fmt: skip

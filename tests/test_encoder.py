@@ -5,34 +5,12 @@ import dataclasses
 import pytest
 import torch
 
+from conftest import TINY_CONFIGS, hf_bert, random_batch, save_edited
+
 from minitransformers import Encoder, EncoderConfig, Tokenizer
 
-transformers = pytest.importorskip("transformers")
-
-TINY_CONFIGS = [
-    EncoderConfig(vocab_size=97, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=37, max_position_embeddings=24, hidden_act="gelu"),
-    EncoderConfig(vocab_size=61, hidden_size=48, num_layers=3, num_heads=6, intermediate_size=64, max_position_embeddings=16, type_vocab_size=3, hidden_act="gelu_new", layer_norm_eps=1e-5),
-    EncoderConfig(vocab_size=50, hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128, max_position_embeddings=32, hidden_act="gelu_pytorch_tanh", pad_token_id=3),
-]
 
 
-def hf_bert(config: EncoderConfig):
-    hf_config = transformers.BertConfig(**config.to_hf(), attn_implementation="eager")
-    model = transformers.BertModel(hf_config).eval()
-    with torch.no_grad():  # HF inits LayerNorm at identity and biases at zero; randomise them so they are tested
-        for name, p in model.named_parameters():
-            if "LayerNorm" in name or name.endswith("bias"):
-                p.normal_(mean=1.0 if name.endswith("LayerNorm.weight") else 0.0, std=0.1)
-    return model
-
-
-def random_batch(config: EncoderConfig, B=4, T=11):
-    """Random ids, token types, and padding of different lengths per row (one row fully unpadded)."""
-    input_ids = torch.randint(0, config.vocab_size, (B, T))
-    token_type_ids = torch.randint(0, config.type_vocab_size, (B, T))
-    lengths = torch.tensor([T] + torch.randint(1, T, (B - 1,)).tolist())
-    attention_mask = (torch.arange(T)[None, :] < lengths[:, None]).long()  # (B, T)
-    return input_ids, attention_mask, token_type_ids
 
 
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])
@@ -53,7 +31,7 @@ def test_against_hf_bert_model(tmp_path, config, impl):
 
 
 @pytest.mark.parametrize("config", TINY_CONFIGS, ids=["gelu", "gelu_new", "gelu_tanh"])
-def test_save_pretrained_loads_in_transformers_with_same_outputs(tmp_path, config):
+def test_save_pretrained_loads_in_transformers_with_same_outputs(tmp_path, config, transformers):
     ours = Encoder(config).eval()
     ours.save_pretrained(tmp_path)
     hf = transformers.BertModel.from_pretrained(tmp_path, attn_implementation="eager").eval()
@@ -98,7 +76,7 @@ def test_padding_does_not_change_real_token_states():
         assert (model(ids) - model(padded, mask)[:, :7]).abs().max() <= 1e-5
 
 
-def test_loads_the_encoder_of_a_model_with_a_head_from_pytorch_model_bin(tmp_path):
+def test_loads_the_encoder_of_a_model_with_a_head_from_pytorch_model_bin(tmp_path, transformers):
     """Keys under `bert.` load; the head's keys (`classifier.*`) are left out, as HF does for a BertModel."""
     config = TINY_CONFIGS[0]
     hf = transformers.BertForSequenceClassification(transformers.BertConfig(**config.to_hf())).eval()
@@ -110,16 +88,6 @@ def test_loads_the_encoder_of_a_model_with_a_head_from_pytorch_model_bin(tmp_pat
     ids, mask, types = random_batch(config)
     with torch.no_grad():
         assert (ours(ids, mask, types) - hf.bert(ids, mask, types).last_hidden_state).abs().max() <= 1e-5
-
-
-def save_edited(model, tmp_path, edit):
-    """Save `model`, then change its weights file on disk with `edit(state)`."""
-    from minitransformers.io.safetensors import load_file, save_file
-
-    model.save_pretrained(tmp_path)
-    state = load_file(tmp_path / "model.safetensors")
-    edit(state)
-    save_file(state, tmp_path / "model.safetensors")
 
 
 def test_missing_key_fails_listing_it(tmp_path):
@@ -146,7 +114,7 @@ def test_missing_weights_file_names_the_folder(tmp_path):
         Encoder.from_pretrained(tmp_path)
 
 
-def test_config_round_trips_through_hf_config():
+def test_config_round_trips_through_hf_config(transformers):
     for config in TINY_CONFIGS:
         hf = transformers.BertConfig(**config.to_hf())
         assert EncoderConfig.from_hf(hf.to_dict()) == config
@@ -168,7 +136,7 @@ SENTENCES = [
 
 
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])
-def test_minilm_matches_transformers_on_padded_real_sentences(minilm_dir, impl):
+def test_minilm_matches_transformers_on_padded_real_sentences(minilm_dir, impl, transformers):
     tok = Tokenizer.from_pretrained(minilm_dir)
     batch = tok(SENTENCES)
     assert batch["attention_mask"].sum(1).tolist() != [batch["input_ids"].size(1)] * len(SENTENCES)  # padded

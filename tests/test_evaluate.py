@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from test_trainer import args, tiny  # noqa: F401 (tiny is a fixture)
+from conftest import finetune_argv
 
 from minitransformers.cli import main
 
@@ -11,7 +11,7 @@ from minitransformers.cli import main
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_evaluate_gives_the_test_scores_finetune_wrote(tiny, tmp_path, capsys, method):  # noqa: F811
     out = tmp_path / method
-    main(args(tiny, out, "--epochs", "2", "--pooling", "cls", "--method", method))
+    main(finetune_argv(tiny, out, "--epochs", "2", "--pooling", "cls", "--method", method))
     written = json.loads((out / "metrics.json").read_text())
     capsys.readouterr()
     main(["evaluate", "--model", str(out), "--data", str(tiny / "reviews.csv"), "--batch-size", "7", "--device", "cpu", "--json"])

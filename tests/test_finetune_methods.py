@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from test_trainer import args, final_weights, tiny  # noqa: F401 (tiny is a fixture)
+from conftest import final_weights, finetune_argv, review_batch
 
 from minitransformers.cli import main
 from minitransformers.model import SequenceClassifier
@@ -21,11 +21,6 @@ OPTIONS = {  # small sizes for a 32-wide model
 }  # fmt: skip
 
 
-def batch(tiny) -> dict:  # noqa: F811
-    """Three reviews of different lengths, so that one is padded."""
-    return Tokenizer.from_pretrained(tiny / "model")(["the film was great", "awful plot and a really poor story", "love it"])
-
-
 def trained_model(tiny, out, method: str, ckpt_options: dict) -> SequenceClassifier:  # noqa: F811
     """The model as it was at the end of training, rebuilt from checkpoint.pt (every tensor, frozen ones too)."""
     model = SequenceClassifier.from_encoder(tiny / "model", 2, "cls")
@@ -37,7 +32,7 @@ def trained_model(tiny, out, method: str, ckpt_options: dict) -> SequenceClassif
 @pytest.mark.parametrize("method", METHODS)
 def test_each_method_trains_only_its_parameters_and_its_folder_rebuilds_the_model(tiny, tmp_path, capsys, method):  # noqa: F811
     out = tmp_path / method
-    main([*args(tiny, out, "--epochs", "1", "--pooling", "cls", "--method", method, *OPTIONS[method]), "--json"])  # one epoch: one save, at the end
+    main([*finetune_argv(tiny, out, "--epochs", "1", "--pooling", "cls", "--method", method, *OPTIONS[method]), "--json"])  # one epoch: one save, at the end
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert metrics["method"] == method
     trainable, total = metrics["trainable_parameters"], metrics["total_parameters"]
@@ -47,7 +42,7 @@ def test_each_method_trains_only_its_parameters_and_its_folder_rebuilds_the_mode
 
     trained = trained_model(tiny, out, method, {**metrics["method_options"], "init": "random"} if method == "prompt" else metrics["method_options"])
     loaded = load_classifier(out).eval()
-    b = batch(tiny)
+    b = review_batch(tiny)
     with torch.no_grad():
         torch.testing.assert_close(loaded(**b), trained(**b), rtol=0, atol=1e-6)  # the prefix MLP, merged, rounds
     if method != "full":  # every frozen tensor at the end equals the base it started from, bit for bit
@@ -60,17 +55,17 @@ def test_each_method_trains_only_its_parameters_and_its_folder_rebuilds_the_mode
 
 def test_lora_with_the_pooler_also_writes_peft_format_that_loads_to_the_same_logits(tiny, tmp_path):  # noqa: F811
     out = tmp_path / "lora"
-    main(args(tiny, out, "--epochs", "1", "--method", "lora", "--pooling", "pooler"))
+    main(finetune_argv(tiny, out, "--epochs", "1", "--method", "lora", "--pooling", "pooler"))
     ours = load_classifier(out).eval()
     via_peft = load_peft(SequenceClassifier.from_encoder(tiny / "model", 2, "pooler"), out / "peft").eval()
-    b = batch(tiny)
+    b = review_batch(tiny)
     with torch.no_grad():
         torch.testing.assert_close(via_peft(**b), ours(**b), rtol=0, atol=1e-6)
 
 
 def test_predict_reads_an_adapter_folder(tiny, tmp_path, capsys):  # noqa: F811
     out = tmp_path / "houlsby"
-    main(args(tiny, out, "--epochs", "1", "--pooling", "cls", "--method", "houlsby", "--reduction-factor", "8"))
+    main(finetune_argv(tiny, out, "--epochs", "1", "--pooling", "cls", "--method", "houlsby", "--reduction-factor", "8"))
     capsys.readouterr()
     texts = ["the film was great", "awful plot"]
     main(["predict", "--model", str(out), "--json", "--device", "cpu", *texts])
@@ -83,12 +78,12 @@ def test_predict_reads_an_adapter_folder(tiny, tmp_path, capsys):  # noqa: F811
 
 def test_prompt_longer_than_the_positions_fails_naming_the_fix(tiny, tmp_path):  # noqa: F811
     with pytest.raises(SystemExit, match="lower --max-length"):
-        main(args(tiny, tmp_path / "p", "--method", "prompt", "--num-virtual-tokens", "8", "--max-length", "30"))
+        main(finetune_argv(tiny, tmp_path / "p", "--method", "prompt", "--num-virtual-tokens", "8", "--max-length", "30"))
 
 
 def test_an_adapter_folder_without_its_base_fails_naming_both(tiny, tmp_path):  # noqa: F811
     out = tmp_path / "bitfit"
-    main(args(tiny, out, "--max-steps", "2", "--method", "bitfit"))
+    main(finetune_argv(tiny, out, "--max-steps", "2", "--method", "bitfit"))
     config = json.loads((out / "adapter.json").read_text())
     (out / "adapter.json").write_text(json.dumps({**config, "base_model": str(tmp_path / "gone")}))
     with pytest.raises(FileNotFoundError, match="adapter.json.*gone"):

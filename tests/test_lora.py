@@ -16,7 +16,7 @@ from minitransformers.model import SequenceClassifier
 from minitransformers.peft.common import count_parameters
 from minitransformers.peft.lora import LoRALinear, add_lora, load_lora_state_dict, lora_layers, lora_state_dict, merge_lora
 from minitransformers.peft.peft_format import load_peft, save_peft
-from test_encoder import random_batch
+from conftest import random_batch
 
 transformers = pytest.importorskip("transformers")
 

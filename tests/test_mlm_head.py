@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from minitransformers import Encoder
 from minitransformers.model import MaskedLM
-from test_encoder import TINY_CONFIGS, random_batch, save_edited
+from conftest import TINY_CONFIGS, random_batch, save_edited
 
 transformers = pytest.importorskip("transformers")
 IDS = ["gelu", "gelu_new", "gelu_tanh"]

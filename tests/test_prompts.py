@@ -15,7 +15,7 @@ from minitransformers.model.attention import padding_bias
 from minitransformers.peft.common import count_parameters, load_trainable_state_dict, trainable_state_dict
 from minitransformers.peft.prompts import PrefixMLP, PrefixTable, add_prefix_tuning, add_prompt_tuning, merge_prefix
 from minitransformers.text.tokenizer import SPECIAL_TOKENS, add_bert_template, bert_pipeline
-from test_encoder import random_batch
+from conftest import random_batch
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")

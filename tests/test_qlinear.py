@@ -9,10 +9,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import CSR_WARNING, LINEARS, ragged_batch, small_classifier
 from torch import nn
 
-from minitransformers import Encoder, EncoderConfig
-from minitransformers.model import SequenceClassifier
 from minitransformers.quant import qlinear
 from minitransformers.quant.kmeans import kmeans_quantize
 from minitransformers.quant.nonuniform import quantize_fp4, quantize_nf4
@@ -31,27 +30,6 @@ from minitransformers.quant.qlinear import (
     quantize_model,
 )
 from minitransformers.quant.uniform import quantize_uniform
-
-CONFIG = EncoderConfig(vocab_size=97, hidden_size=128, num_layers=2, num_heads=2, intermediate_size=512, max_position_embeddings=24)
-LINEARS = 2 * 6 + 1  # query, key, value, out, up, down per layer, and the pooler; the classifier is skipped
-CSR_WARNING = "ignore:Sparse CSR tensor support is in beta"
-
-
-def classifier() -> SequenceClassifier:
-    """A random classifier (BERT's N(0, 0.02) weights) with nonzero biases, so a dropped bias shows."""
-    model = SequenceClassifier(Encoder(CONFIG), 3).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.normal_(std=0.1)
-    return model
-
-
-def batch(B=8, T=16):
-    ids = torch.randint(0, CONFIG.vocab_size, (B, T))
-    mask = (torch.arange(T)[None] < torch.randint(4, T + 1, (B, 1))).long()  # (B, T), ragged
-    return ids, mask
-
 
 def linear(in_features=256, out_features=96) -> nn.Linear:
     layer = nn.Linear(in_features, out_features)
@@ -304,7 +282,7 @@ def test_bits_per_weight_in_closed_form():
 def test_the_model_report_counts_every_stored_byte():
     """model_bytes is every tensor the quantized model holds, minus NF4 / FP4's 64-byte codebook constant per layer."""
     for method in METHODS:
-        model = classifier()
+        model = small_classifier()
         fp32 = sum(m.weight.numel() + m.bias.numel() for n, m in model.named_modules() if isinstance(m, nn.Linear) and n != "classifier")
         report = quantize_model(model, method)
         held = sum(t.numel() * t.element_size() for t in model.state_dict().values())
@@ -326,7 +304,7 @@ BUDGETS = {"int8": 0.01, "w8a8": 0.01, "kmeans8": 0.01, "int4": 0.1, "kmeans4": 
 @pytest.mark.filterwarnings(CSR_WARNING)
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_keeps_the_logits_close_to_fp32(method):
-    model, ids_mask = classifier(), batch()
+    model, ids_mask = small_classifier(), ragged_batch()
     with torch.no_grad():
         reference = model(*ids_mask)
         quantize_model(model, method)
@@ -335,7 +313,7 @@ def test_every_method_keeps_the_logits_close_to_fp32(method):
 
 
 def test_only_unskipped_linears_are_replaced_by_whole_name_parts():
-    model = classifier()
+    model = small_classifier()
     quantize_model(model, "int8", skip=("classifier", "attention"))
     linear_names = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     assert type(model.classifier) is nn.Linear
@@ -347,23 +325,23 @@ def test_only_unskipped_linears_are_replaced_by_whole_name_parts():
 
 def test_unknown_methods_and_options_are_refused_with_the_choices():
     with pytest.raises(ValueError, match=r"unknown quantization method 'int3'.*'nf4'.*'prune2:4'"):
-        quantize_model(classifier(), "int3")
+        quantize_model(small_classifier(), "int3")
     with pytest.raises(ValueError, match=r"'int4' takes the options \['group_size', 'symmetric'\], got \['block_size'\]"):
-        quantize_model(classifier(), "int4", block_size=64)
+        quantize_model(small_classifier(), "int4", block_size=64)
 
 
 def test_options_reach_the_quantizer():
-    model = classifier()
+    model = small_classifier()
     report = quantize_model(model, "int4", group_size=64)
     assert report["bits_per_weight"] == 4 + 32 / 64 and model.encoder.layers[0].ffn.up.layout["block_size"] == [1, 64]
-    nf4 = quantize_model(classifier(), "nf4", double_quant=True)
+    nf4 = quantize_model(small_classifier(), "nf4", double_quant=True)
     assert math.isclose(nf4["bits_per_weight"], 4.127, abs_tol=2e-3)
 
 
 def test_quantized_model_copies_and_keeps_computing():
-    model = classifier()
+    model = small_classifier()
     quantize_model(model, "nf4")
-    ids_mask = batch()
+    ids_mask = ragged_batch()
     with torch.no_grad():
         assert torch.equal(copy.deepcopy(model)(*ids_mask), model(*ids_mask))
 
@@ -373,7 +351,7 @@ def test_quantized_model_copies_and_keeps_computing():
 @pytest.mark.filterwarnings(CSR_WARNING)
 @pytest.mark.parametrize("method", METHODS)
 def test_quantized_model_on_cuda_matches_the_cpu(method):
-    model, (ids, mask) = classifier(), batch()  # 128 tokens: W8A8 takes torch._int_mm, except the pooler (M = 8)
+    model, (ids, mask) = small_classifier(), ragged_batch()  # 128 tokens: W8A8 takes torch._int_mm, except the pooler (M = 8)
     quantize_model(model, method)
     csr = SparseLinear.from_linear(linear(), sparsity=0.9)
     x = torch.randn(5, 256)

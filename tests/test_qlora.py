@@ -10,9 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from test_encoder import random_batch
-from test_finetune_methods import batch
-from test_trainer import args, final_weights, tiny  # noqa: F401 (tiny is a fixture)
+from conftest import final_weights, finetune_argv, random_batch, review_batch
 
 from minitransformers import Encoder, EncoderConfig
 from minitransformers.cli import main
@@ -221,7 +219,7 @@ def test_merge_into_the_dequantized_base_equals_the_unmerged_model():
 
 def test_finetune_qlora_saves_only_the_adapter_and_reloads_to_identical_logits(tiny, tmp_path, capsys):  # noqa: F811
     out = tmp_path / "qlora"
-    main([*args(tiny, out, "--epochs", "1", "--pooling", "cls", "--method", "qlora", "--lora-r", "4", "--gradient-checkpointing"), "--json"])
+    main([*finetune_argv(tiny, out, "--epochs", "1", "--pooling", "cls", "--method", "qlora", "--lora-r", "4", "--gradient-checkpointing"), "--json"])
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert metrics["method_options"] == {"r": 4, "alpha": 16, "dropout": 0.0, "targets": list(ALL_LINEAR), "double_quant": True}
     saved = load_classifier(out).eval()
@@ -229,7 +227,7 @@ def test_finetune_qlora_saves_only_the_adapter_and_reloads_to_identical_logits(t
     trained.load_state_dict(final_weights(out))  # every tensor at the end of training, NF4 buffers included
     rebuilt = dict(saved.named_buffers())
     assert all(torch.equal(rebuilt[name], t) for name, t in trained.named_buffers())  # quantizing again is deterministic
-    b = batch(tiny)
+    b = review_batch(tiny)
     with torch.no_grad():
         torch.testing.assert_close(saved(**b), trained.eval()(**b), rtol=0, atol=0)
     with open(out / "adapter.json") as f:
@@ -239,7 +237,7 @@ def test_finetune_qlora_saves_only_the_adapter_and_reloads_to_identical_logits(t
 
 def test_no_double_quant_flag_keeps_float32_absmax(tiny, tmp_path, capsys):  # noqa: F811
     out = tmp_path / "plain"
-    main([*args(tiny, out, "--max-steps", "1", "--pooling", "cls", "--method", "qlora", "--no-double-quant", "--lora-targets", "query", "value"), "--json"])
+    main([*finetune_argv(tiny, out, "--max-steps", "1", "--pooling", "cls", "--method", "qlora", "--no-double-quant", "--lora-targets", "query", "value"), "--json"])
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert metrics["method_options"]["double_quant"] is False and metrics["method_options"]["targets"] == ["query", "value"]
     model = load_classifier(out)

@@ -12,7 +12,7 @@ from minitransformers.model import SequenceClassifier
 from minitransformers.quant.prune import prune_ffn_neurons, prune_heads
 from minitransformers.quant.qlinear import METHODS, QuantizedLinear, quantize_model
 from minitransformers.quant.serialize import load_quantized, save_quantized
-from test_qlinear import CSR_WARNING, LINEARS, batch, classifier
+from conftest import CSR_WARNING, LINEARS, ragged_batch, small_classifier
 
 CASES = [(m, {}) for m in METHODS] + [("int4", {"group_size": 64, "symmetric": False}), ("nf4", {"double_quant": True})]
 
@@ -24,11 +24,11 @@ def folder_bytes(path) -> int:
 @pytest.mark.filterwarnings(CSR_WARNING)
 @pytest.mark.parametrize("method,options", CASES, ids=[f"{m}{''.join(f'-{k}={v}' for k, v in o.items())}" for m, o in CASES])
 def test_save_then_load_gives_identical_logits(tmp_path, method, options):
-    model = classifier()
+    model = small_classifier()
     quantize_model(model, method, **options)
     save_quantized(model, tmp_path, method, options)
     loaded = load_quantized(tmp_path).eval()
-    ids_mask = batch()
+    ids_mask = ragged_batch()
     with torch.no_grad():
         assert torch.equal(loaded(*ids_mask), model(*ids_mask))
     layers = {n: m for n, m in loaded.named_modules() if isinstance(m, QuantizedLinear)}
@@ -37,20 +37,20 @@ def test_save_then_load_gives_identical_logits(tmp_path, method, options):
 
 
 def test_a_structurally_pruned_then_quantized_model_reloads_its_narrower_layers(tmp_path):
-    model = classifier()
+    model = small_classifier()
     prune_heads(model, {0: [0]})  # of 2
     prune_ffn_neurons(model, {i: [0, 3] for i in range(len(model.encoder.layers))})
     quantize_model(model, "int8")
     save_quantized(model, tmp_path, "int8")
     loaded = load_quantized(tmp_path).eval()
     assert [layer.attention.num_heads for layer in loaded.encoder.layers] == [layer.attention.num_heads for layer in model.encoder.layers]
-    ids_mask = batch()
+    ids_mask = ragged_batch()
     with torch.no_grad():
         assert torch.equal(loaded(*ids_mask), model(*ids_mask))
 
 
 def test_quantization_json_records_method_options_and_modules(tmp_path):
-    model = classifier()
+    model = small_classifier()
     quantize_model(model, "int4", group_size=64)
     save_quantized(model, tmp_path, "int4", {"group_size": 64})
     saved = json.loads((tmp_path / "quantization.json").read_text())
@@ -61,7 +61,7 @@ def test_quantization_json_records_method_options_and_modules(tmp_path):
 
 
 def test_config_json_is_the_one_save_pretrained_writes(tmp_path):
-    model = classifier()
+    model = small_classifier()
     model.save_pretrained(tmp_path / "fp32")
     quantize_model(model, "nf4")
     save_quantized(model, tmp_path / "nf4", "nf4")
@@ -72,7 +72,7 @@ def test_nf4_folder_is_under_a_fifth_of_the_fp32_folder(tmp_path):
     """Linear weights are 95% of this model's 429k parameters. Measured folder / fp32 folder: int8 0.30, int4 0.18,
     nf4 0.19, nf4 with double quantization 0.18, kmeans4 0.17, prune2:4 0.56, prune50 1.00 (stays dense); the
     embeddings, LayerNorms, biases and classifier stay fp32."""
-    model = classifier()
+    model = small_classifier()
     model.save_pretrained(tmp_path / "fp32")
     quantize_model(model, "nf4")
     save_quantized(model, tmp_path / "nf4", "nf4")
@@ -81,7 +81,7 @@ def test_nf4_folder_is_under_a_fifth_of_the_fp32_folder(tmp_path):
 
 
 def test_from_pretrained_on_a_quantized_folder_says_it_is_not_an_hf_checkpoint(tmp_path):
-    model = classifier()
+    model = small_classifier()
     quantize_model(model, "int8")
     save_quantized(model, tmp_path, "int8")
     with pytest.raises(FileNotFoundError, match="quantized.safetensors"):
@@ -89,7 +89,7 @@ def test_from_pretrained_on_a_quantized_folder_says_it_is_not_an_hf_checkpoint(t
 
 
 def test_a_missing_tensor_is_named(tmp_path):
-    model = classifier()
+    model = small_classifier()
     quantize_model(model, "nf4", double_quant=True)
     save_quantized(model, tmp_path, "nf4", {"double_quant": True})
     tensors = load_file(tmp_path / "quantized.safetensors")
@@ -101,4 +101,4 @@ def test_a_missing_tensor_is_named(tmp_path):
 
 def test_saving_an_unquantized_model_is_refused(tmp_path):
     with pytest.raises(ValueError, match="call quantize_model"):
-        save_quantized(classifier(), tmp_path, "int8")
+        save_quantized(small_classifier(), tmp_path, "int8")

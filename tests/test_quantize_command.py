@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from test_trainer import args, tiny  # noqa: F401 (tiny is a fixture)
+from conftest import finetune_argv
 
 from minitransformers.cli import main
 from minitransformers.model import SequenceClassifier
@@ -19,7 +19,7 @@ METHODS = [("int8", []), ("w8a8", []), ("int4", ["--group-size", "16"]), ("nf4",
 @pytest.fixture(scope="module")
 def finetuned(tiny, tmp_path_factory):  # noqa: F811
     out = tmp_path_factory.mktemp("ft") / "full"
-    main(args(tiny, out, "--epochs", "3", "--pooling", "cls"))
+    main(finetune_argv(tiny, out, "--epochs", "3", "--pooling", "cls"))
     return out
 
 
@@ -46,6 +46,6 @@ def test_quantize_writes_a_folder_that_evaluate_and_load_model_read_back(tiny, f
 
 def test_quantize_refuses_an_adapter_folder_naming_it(tiny, tmp_path):  # noqa: F811
     out = tmp_path / "lora"
-    main(args(tiny, out, "--max-steps", "2", "--method", "lora"))
+    main(finetune_argv(tiny, out, "--max-steps", "2", "--method", "lora"))
     with pytest.raises(SystemExit, match="adapter"):
         main(["quantize", "--model", str(out), "--method", "int8", "--out", str(tmp_path / "q")])

@@ -1,10 +1,8 @@
 """The training loop as a specification: determinism, exact resume (also after SIGKILL), NaN handling,
 gradient accumulation, and 2-process gloo DDP equal to one process. All on a tiny model and synthetic data."""
 
-import csv
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -14,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from minitransformers import Encoder, EncoderConfig
+from conftest import final_weights, finetune_argv
+
 from minitransformers.cli import build_parser, main
-from minitransformers.text.tokenizer import train_wordpiece
 from minitransformers.train import checkpoint
 from minitransformers.train.finetune import finetune
 from minitransformers.train.tasks import Classification
@@ -25,39 +23,6 @@ from minitransformers.train.trainer import Trainer, TrainingDiverged
 ROOT = Path(__file__).resolve().parent.parent
 POSITIVE, NEGATIVE = ["good", "great", "love", "fine"], ["bad", "awful", "hate", "poor"]
 FILLER = ["the", "movie", "was", "plot", "actor", "film", "and", "a", "story", "really"]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A 2-layer, 32-wide BERT (dropout 0, so processes agree) with a WordPiece vocabulary, and a CSV of
-    250 synthetic reviews whose label is the sentiment word they contain."""
-    root = tmp_path_factory.mktemp("tiny")
-    rng = random.Random(0)
-    rows = []
-    for _ in range(250):
-        label = rng.random() < 0.5
-        words = [rng.choice(FILLER) for _ in range(rng.randint(2, 14))]
-        words.insert(rng.randrange(len(words) + 1), rng.choice(POSITIVE if label else NEGATIVE))
-        rows.append({"text": " ".join(words), "label": int(label)})
-    with open(root / "reviews.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, ["text", "label"])
-        writer.writeheader()
-        writer.writerows(rows)
-    (root / "corpus.txt").write_text("\n".join(r["text"] for r in rows))
-    tok = train_wordpiece([root / "corpus.txt"], vocab_size=100, min_frequency=1)
-    config = EncoderConfig(vocab_size=tok.vocab_size, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=32, hidden_dropout=0.0, attention_dropout=0.0)
-    torch.manual_seed(0)
-    Encoder(config).save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
-    return root
-
-
-def args(tiny, out, *extra):
-    return ["finetune", "--model", str(tiny / "model"), "--data", str(tiny / "reviews.csv"), "--out", str(out), "--batch-size", "8", "--lr", "1e-3", "--device", "cpu", *extra]
-
-
-def final_weights(out) -> dict:
-    return checkpoint.load(Path(out) / "checkpoint.pt")["model"]
 
 
 def assert_identical(a: dict, b: dict):
@@ -71,7 +36,7 @@ def losses(out) -> list[float]:
 
 
 def test_finetune_learns_and_writes_metrics_and_a_loadable_model(tiny, tmp_path, capsys):
-    main([*args(tiny, tmp_path / "run", "--epochs", "4", "--pooling", "cls"), "--json"])
+    main([*finetune_argv(tiny, tmp_path / "run", "--epochs", "4", "--pooling", "cls"), "--json"])
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert metrics["test_accuracy"] >= 0.9  # the label is one word of the text: a learnable task
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test_accuracy"] == metrics["test_accuracy"]
@@ -82,16 +47,16 @@ def test_finetune_learns_and_writes_metrics_and_a_loadable_model(tiny, tmp_path,
 
 
 def test_same_seed_gives_bit_identical_weights(tiny, tmp_path):
-    main(args(tiny, tmp_path / "a", "--max-steps", "30", "--seed", "3"))
-    main(args(tiny, tmp_path / "b", "--max-steps", "30", "--seed", "3"))
-    main(args(tiny, tmp_path / "c", "--max-steps", "30", "--seed", "4"))
+    main(finetune_argv(tiny, tmp_path / "a", "--max-steps", "30", "--seed", "3"))
+    main(finetune_argv(tiny, tmp_path / "b", "--max-steps", "30", "--seed", "3"))
+    main(finetune_argv(tiny, tmp_path / "c", "--max-steps", "30", "--seed", "4"))
     assert_identical(final_weights(tmp_path / "a"), final_weights(tmp_path / "b"))
     assert not torch.equal(final_weights(tmp_path / "a")["classifier.weight"], final_weights(tmp_path / "c")["classifier.weight"])
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny, tmp_path, monkeypatch):
     """N steps straight, against N/2 steps, a crash, and --resume for the rest (across an epoch end)."""
-    run = args(tiny, tmp_path / "straight", "--max-steps", "40", "--eval-every", "20")
+    run = finetune_argv(tiny, tmp_path / "straight", "--max-steps", "40", "--eval-every", "20")
     main(run)
     original = Trainer.train_step
 
@@ -101,7 +66,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny, tmp_path, m
         return original(self, group)
 
     monkeypatch.setattr(Trainer, "train_step", crash_after_20)
-    interrupted = args(tiny, tmp_path / "resumed", "--max-steps", "40", "--eval-every", "20")
+    interrupted = finetune_argv(tiny, tmp_path / "resumed", "--max-steps", "40", "--eval-every", "20")
     with pytest.raises(KeyboardInterrupt):
         main(interrupted)
     assert checkpoint.load(tmp_path / "resumed" / "checkpoint.pt")["state"]["step"] == 20
@@ -118,8 +83,8 @@ def cli(log: Path, *argv) -> subprocess.Popen:
 
 
 def test_sigkill_mid_run_then_resume_finishes_with_the_same_weights(tiny, tmp_path):
-    run = args(tiny, tmp_path / "killed", "--max-steps", "600", "--eval-every", "25")[1:]
-    straight = cli(tmp_path / "straight.log", "finetune", *args(tiny, tmp_path / "straight", "--max-steps", "600", "--eval-every", "25")[1:])
+    run = finetune_argv(tiny, tmp_path / "killed", "--max-steps", "600", "--eval-every", "25")[1:]
+    straight = cli(tmp_path / "straight.log", "finetune", *finetune_argv(tiny, tmp_path / "straight", "--max-steps", "600", "--eval-every", "25")[1:])
     victim = cli(tmp_path / "victim.log", "finetune", *run)
     ckpt = tmp_path / "killed" / "checkpoint.pt"
     deadline = time.time() + 120
@@ -145,14 +110,14 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
 
     monkeypatch.setattr(Classification, "loss_sum", nan_at_step_13)
     with pytest.raises(TrainingDiverged, match=r"loss is nan at step 13; stopped\. The last good checkpoint is .*checkpoint\.pt \(step 10\)"):
-        finetune(build_parser().parse_args(args(tiny, tmp_path / "nan", "--max-steps", "30", "--eval-every", "10")))
+        finetune(build_parser().parse_args(finetune_argv(tiny, tmp_path / "nan", "--max-steps", "30", "--eval-every", "10")))
     ckpt = checkpoint.load(tmp_path / "nan" / "checkpoint.pt")
     assert ckpt["state"]["step"] == 10 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
 
 def test_gradient_accumulation_equals_the_larger_batch(tiny, tmp_path):
-    main(args(tiny, tmp_path / "big", "--max-steps", "10", "--no-bucket", "--batch-size", "8"))
-    main(args(tiny, tmp_path / "accum", "--max-steps", "10", "--no-bucket", "--batch-size", "4", "--grad-accum", "2"))
+    main(finetune_argv(tiny, tmp_path / "big", "--max-steps", "10", "--no-bucket", "--batch-size", "8"))
+    main(finetune_argv(tiny, tmp_path / "accum", "--max-steps", "10", "--no-bucket", "--batch-size", "4", "--grad-accum", "2"))
     a, b = final_weights(tmp_path / "big"), final_weights(tmp_path / "accum")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
     assert losses(tmp_path / "big") == pytest.approx(losses(tmp_path / "accum"), abs=1e-6)
@@ -162,9 +127,9 @@ def test_two_gloo_processes_give_the_loss_curve_of_one_process(tiny, tmp_path):
     """Same global batch (8): 2 CPU processes of 4 examples each, gradients averaged by DDP over gloo."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "minitransformers"]
-    two = subprocess.run([*cmd, *args(tiny, tmp_path / "ddp", "--max-steps", "20")], env=env, capture_output=True, text=True, timeout=300)
+    two = subprocess.run([*cmd, *finetune_argv(tiny, tmp_path / "ddp", "--max-steps", "20")], env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
-    main(args(tiny, tmp_path / "single", "--max-steps", "20"))
+    main(finetune_argv(tiny, tmp_path / "single", "--max-steps", "20"))
     assert len(losses(tmp_path / "ddp")) == 20
     assert losses(tmp_path / "ddp") == pytest.approx(losses(tmp_path / "single"), abs=1e-5)
     a, b = final_weights(tmp_path / "ddp"), final_weights(tmp_path / "single")
@@ -177,7 +142,7 @@ def test_two_gloo_processes_give_the_loss_curve_of_one_process(tiny, tmp_path):
 @pytest.mark.parametrize("unpad", [False, True])
 def test_mixed_precision_on_cuda_learns_and_keeps_fp32_weights(tiny, tmp_path, capsys, precision, unpad):
     """Autocast on CUDA (fp16 with a GradScaler), with and without padding removal: master weights stay fp32."""
-    argv = args(tiny, tmp_path / "run", "--epochs", "4", "--pooling", "cls", "--precision", precision, *(["--unpad"] if unpad else []))
+    argv = finetune_argv(tiny, tmp_path / "run", "--epochs", "4", "--pooling", "cls", "--precision", precision, *(["--unpad"] if unpad else []))
     main([*[a if a != "cpu" else "cuda" for a in argv], "--json"])
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert metrics["test_accuracy"] >= 0.9 and metrics["device"].startswith("cuda")

@@ -8,7 +8,7 @@ import torch
 
 from minitransformers import Encoder
 from minitransformers.model.unpad import Packing
-from test_encoder import TINY_CONFIGS, hf_bert, random_batch
+from conftest import TINY_CONFIGS, hf_bert, random_batch
 
 
 def test_pack_then_unpack_keeps_real_tokens_and_zeros_padding():

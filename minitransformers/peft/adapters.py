@@ -54,6 +54,7 @@ Defaults, and where they come from:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 
 import torch.nn.functional as F
@@ -71,6 +72,15 @@ NON_LINEARITIES = {
 
 # kind -> (default non_linearity, default train_layernorm); see the module docstring for the sources.
 KINDS = {"houlsby": ("gelu_new", True), "pfeiffer": ("relu", False)}
+
+
+@dataclass
+class AdapterConfig:
+    """`add_adapters`' options besides the kind; None takes the kind's paper setting (KINDS)."""
+
+    reduction_factor: float = 16
+    non_linearity: str | None = None
+    train_layernorm: bool | None = None
 
 
 class Adapter(nn.Module):

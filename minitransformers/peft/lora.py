@@ -36,12 +36,23 @@ the original layer as `base` (its weights become `….base.weight`), and freezes
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .common import head_names, load_trainable_state_dict, mark_only_trainable, trainable_state_dict
+
+
+@dataclass
+class LoRAConfig:
+    """`add_lora`'s options, at the paper's defaults: rank 8, α 16, W_q and W_v (see the module docstring)."""
+
+    r: int = 8
+    alpha: float = 16
+    dropout: float = 0.0
+    targets: tuple[str, ...] = ("query", "value")
 
 
 class LoRALinear(nn.Module):

@@ -23,25 +23,48 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 from ..io.safetensors import load_file, save_file
 from ..model import SequenceClassifier
 from ..text.tokenizer import Tokenizer
-from .adapters import add_adapters
+from .adapters import AdapterConfig, add_adapters
 from .bitfit import add_bitfit
 from .common import load_trainable_state_dict, mark_only_trainable, trainable_state_dict
-from .lora import add_lora
-from .prompts import add_prefix_tuning, add_prompt_tuning, merge_prefix
-from .qlora import add_qlora
+from .lora import LoRAConfig, add_lora
+from .prompts import PrefixTuningConfig, PromptTuningConfig, add_prefix_tuning, add_prompt_tuning, merge_prefix
+from .qlora import QLoRAConfig, add_qlora
 
-METHODS = ("full", "head", "bitfit", "lora", "qlora", "houlsby", "pfeiffer", "prompt", "prefix")
+# method -> the dataclass of its options (None: it has none)
 CONFIG_FILE, WEIGHTS_FILE = "adapter.json", "adapter.safetensors"
+METHOD_CONFIGS = {
+    "full": None, "head": None, "bitfit": None, "lora": LoRAConfig, "qlora": QLoRAConfig,
+    "houlsby": AdapterConfig, "pfeiffer": AdapterConfig, "prompt": PromptTuningConfig, "prefix": PrefixTuningConfig,
+}  # fmt: skip
+METHODS = tuple(METHOD_CONFIGS)
 
 
-def apply_method(model: SequenceClassifier, method: str, options: dict, tokenizer: Tokenizer | None = None) -> SequenceClassifier:
-    """Prepare `model` for `method` in place. `options` are the method's keyword arguments (see each add_*);
-    the tokenizer is needed only by prompt tuning's "text" initialisation. Returns the model."""
+def method_config(method: str, options=None):
+    """The options of `method` as its dataclass: from a dict (adapter.json's) or a dataclass, or its defaults."""
+    if method not in METHOD_CONFIGS:
+        raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    cls = METHOD_CONFIGS[method]
+    if cls is None:
+        if options:
+            raise ValueError(f"method {method!r} takes no options, got {options}")
+        return None
+    if options is None:
+        return cls()
+    return options if isinstance(options, cls) else cls(**options)
+
+
+def apply_method(model: SequenceClassifier, method: str, options=None, tokenizer: Tokenizer | None = None) -> SequenceClassifier:
+    """Prepare `model` for `method` in place. `options`: the method's config dataclass (METHOD_CONFIGS), a dict
+    of its fields, or None for its defaults; the tokenizer is needed only by prompt tuning's "text"
+    initialisation. Returns the model."""
+    config = method_config(method, options)
+    options = {} if config is None else asdict(config)
     if method == "full":
         return model
     if method == "head":

@@ -39,6 +39,8 @@ attention (`encoder.layers.0.attention.base.query.weight`) and adds `encoder.pre
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -49,6 +51,24 @@ from ..text.tokenizer import Tokenizer
 from .common import mark_only_trainable
 
 PROMPT_INITS = ("random", "vocab", "text")
+
+
+@dataclass
+class PromptTuningConfig:
+    """`add_prompt_tuning`'s options: n learned vectors and how they start (the tokenizer is passed apart)."""
+
+    num_virtual_tokens: int = 20
+    init: str = "vocab"
+    init_text: str | None = None
+
+
+@dataclass
+class PrefixTuningConfig:
+    """`add_prefix_tuning`'s options: n key/value rows per layer, learned through the paper's MLP or directly."""
+
+    num_virtual_tokens: int = 20
+    reparameterize: bool = True
+    projection_dim: int | None = None
 
 
 def _encoder_of(model: nn.Module) -> Encoder:

@@ -46,14 +46,24 @@ quantization's and usually much larger than the (α / r) B A it was meant to add
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from ..quant.qlinear import WeightOnlyLinear, weight_only_matmul
 from .common import head_names, mark_only_trainable
-from .lora import add_lora, is_lora, merge_lora
+from .lora import LoRAConfig, add_lora, is_lora, merge_lora
 
 ALL_LINEAR = ("query", "key", "value", "out", "up", "down")  # every Linear of an encoder layer
+
+
+@dataclass
+class QLoRAConfig(LoRAConfig):
+    """`add_qlora`'s options: LoRA's, on every Linear of the layers, plus double quantization of the NF4 absmax."""
+
+    targets: tuple[str, ...] = ALL_LINEAR
+    double_quant: bool = True
 
 
 class DequantizeMatmul(torch.autograd.Function):
