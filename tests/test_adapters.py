@@ -189,7 +189,7 @@ def test_bad_options_fail_saying_what_to_use():
     with pytest.raises(ValueError, match=r"unknown non_linearity 'tanh'; use one of \['gelu', 'gelu_new', 'relu', 'swish'\]"):
         add_adapters(classifier(), non_linearity="tanh")
     model = add_adapters(classifier())
-    with pytest.raises(ValueError, match="SequenceClassifier already has adapters; add them to a fresh base model"):
+    with pytest.raises(ValueError, match=r"cannot add adapters: expected a base model without a parameter-efficient method, found SequenceClassifier prepared with adapters \(AdaptedLinear\).*remove_adapters\(model\)"):
         add_adapters(model, "pfeiffer")
     with pytest.raises(ValueError, match="Linear has no EncoderLayer"):
         add_adapters(torch.nn.Linear(4, 4))

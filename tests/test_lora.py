@@ -14,7 +14,8 @@ from minitransformers import Encoder, EncoderConfig
 from minitransformers.io.safetensors import load_file
 from minitransformers.model import SequenceClassifier
 from minitransformers.peft.common import count_parameters
-from minitransformers.peft.lora import LoRALinear, add_lora, load_lora_state_dict, lora_layers, lora_state_dict, merge_lora
+from minitransformers.peft.common import load_trainable_state_dict, trainable_state_dict
+from minitransformers.peft.lora import LoRALinear, add_lora, lora_layers, merge_lora
 from minitransformers.peft.peft_format import load_peft, save_peft
 from conftest import random_batch
 
@@ -156,7 +157,7 @@ def test_add_lora_wraps_the_linear_modules_whose_names_end_with_a_target(targets
 def test_add_lora_with_no_matching_target_fails_naming_the_targets():
     with pytest.raises(ValueError, match=r"no nn.Linear module name ends with one of the targets \('q_proj', 'v_proj'\)"):
         add_lora(classifier(), targets=("q_proj", "v_proj"))
-    with pytest.raises(ValueError, match="already has LoRA"):
+    with pytest.raises(ValueError, match=r"cannot add lora: expected a base model without a parameter-efficient method, found SequenceClassifier prepared with lora \(LoRALinear\).*merge_lora"):
         add_lora(add_lora(classifier()))
 
 
@@ -187,18 +188,18 @@ def test_backward_reaches_only_lora_and_head_and_a_step_keeps_the_base():
 # --- saving: our state dict, a merged HF folder, peft's adapter folder ------------------------------------------------
 
 
-def test_lora_state_dict_round_trip_onto_a_fresh_base_gives_the_same_logits():
+def test_trainable_state_dict_round_trip_onto_a_fresh_base_gives_the_same_logits():
     """Reference: the model that was saved; a fresh base plus add_lora with the same options plus the state."""
     base = classifier()
     model = randomise_lora(add_lora(copy.deepcopy(base), r=4, alpha=8, targets=ALL_LINEAR))
-    state = lora_state_dict(model)
+    state = trainable_state_dict(model)
     assert all("lora_" in k or k.startswith(("classifier.", "encoder.pooler.")) for k in state)
-    fresh = load_lora_state_dict(add_lora(base, r=4, alpha=8, targets=ALL_LINEAR), state)
+    fresh = load_trainable_state_dict(add_lora(base, r=4, alpha=8, targets=ALL_LINEAR), state)
     batch = random_batch(CONFIG)
     assert torch.equal(logits(fresh, batch), logits(model, batch))
     next(iter(lora_layers(fresh).values())).merge()
     with pytest.raises(RuntimeError, match="are merged"):
-        load_lora_state_dict(fresh, state)
+        load_trainable_state_dict(fresh, state)
 
 
 def test_merge_lora_saves_a_plain_folder_that_transformers_loads_with_the_same_logits(tmp_path):

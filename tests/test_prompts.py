@@ -12,8 +12,8 @@ from tokenizers import models
 from minitransformers import Encoder, EncoderConfig, Tokenizer
 from minitransformers.model import SequenceClassifier
 from minitransformers.model.attention import padding_bias
-from minitransformers.peft.common import count_parameters, load_trainable_state_dict, trainable_state_dict
-from minitransformers.peft.prompts import PrefixMLP, PrefixTable, add_prefix_tuning, add_prompt_tuning, merge_prefix
+from minitransformers.peft.common import count_parameters, disabled, load_trainable_state_dict, trainable_state_dict
+from minitransformers.peft.prompts import PrefixMLP, PrefixTable, add_prefix_tuning, add_prompt_tuning, merge_prefix, remove_prompt_tuning
 from minitransformers.text.tokenizer import SPECIAL_TOKENS, add_bert_template, bert_pipeline
 from conftest import random_batch
 
@@ -69,7 +69,7 @@ def test_prompt_tuning_matches_peft_over_all_positions(tmp_path):
 def test_prompt_has_token_type_0_and_the_real_tokens_keep_theirs(tmp_path):
     """Against BertModel given [P; E_word[x]] as inputs_embeds, types [0; s] and mask [1; m]."""
     ours = add_prompt_tuning(classifier(), N)
-    ours.encoder.base.save_pretrained(tmp_path)
+    remove_prompt_tuning(copy.deepcopy(ours)).encoder.save_pretrained(tmp_path)
     hf = transformers.BertModel.from_pretrained(tmp_path, attn_implementation="eager").eval()
     ids, mask, types = random_batch(CONFIG)
     ones, zeros = torch.ones(4, N, dtype=torch.long), torch.zeros(4, N, dtype=torch.long)
@@ -197,8 +197,7 @@ def expected_count(method, pooling):
 def test_only_the_method_and_the_head_train_and_their_count_is_the_formula(method, pooling):
     model = METHODS[method](classifier(pooling=pooling))
     word = "prompt" if method == "prompt" else "prefix"
-    pooler = "encoder.base.pooler." if method == "prompt" else "encoder.pooler."  # the prompt wrapper moves the encoder under `base`
-    head = ("classifier.", pooler) if pooling == "pooler" else ("classifier.",)
+    head = ("classifier.", "encoder.pooler.") if pooling == "pooler" else ("classifier.",)
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     assert trainable == {name for name, _ in model.named_parameters() if word in name or name.startswith(head)}
     assert any(word in name for name in trainable)
@@ -302,19 +301,20 @@ def test_zero_prefixes_are_not_the_identity_they_scale_each_head_by_Z_over_Z_plu
     model = add_prefix_tuning(copy.deepcopy(base), N, reparameterize=False)
     with torch.no_grad():
         model.encoder.prefix.table.zero_()  # P_k = P_v = 0 in every layer
-    attention = model.encoder.layers[0].attention  # PrefixSelfAttention; `.base` is the SelfAttention it wraps
+    attention = model.encoder.layers[0].attention  # PrefixSelfAttention: SelfAttention with the prefix in its attend step
     ids, mask, types = random_batch(CONFIG)
     B, T = mask.shape
     x = torch.randn(B, T, CONFIG.hidden_size)  # (B, T, H)
     bias = padding_bias(mask, x.dtype)  # (B, 1, 1, T)
     heads = []  # the input of the shared output projection W_O, the heads side by side: (B, T, H) per call
-    hook = attention.base.out.register_forward_hook(lambda module, inputs, output: heads.append(inputs[0]))
+    hook = attention.out.register_forward_hook(lambda module, inputs, output: heads.append(inputs[0]))
+    with torch.no_grad(), disabled(model):
+        attention(x, bias)  # heads[0], the prefix switched off: softmax(Q Kᵀ/√d + M) V
     with torch.no_grad():
-        attention.base(x, bias)  # heads[0]: softmax(Q Kᵀ/√d + M) V
         attention(x, bias)  # heads[1]: the same with n zero keys and n zero values in front
         hook.remove()
         y_base, y_prefix = (y.view(B, T, CONFIG.num_heads, CONFIG.head_dim).transpose(1, 2) for y in heads)  # (B, nh, T, hd)
-        q, k = attention.base.split_heads(attention.base.query(x)), attention.base.split_heads(attention.base.key(x))  # (B, nh, T, hd)
+        q, k = attention.split_heads(attention.query(x)), attention.split_heads(attention.key(x))  # (B, nh, T, hd)
         scores = q @ k.transpose(-2, -1) / math.sqrt(CONFIG.head_dim) + bias  # (B, nh, T, T); padding keys get exp(min) = 0
         log_Z = scores.logsumexp(dim=-1, keepdim=True)  # (B, nh, T, 1): log Z_i, computed with the max subtracted
         ratio = 1 / (1 + N * torch.exp(-log_Z))  # Z_i / (Z_i + n·e⁰)

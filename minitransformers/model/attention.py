@@ -48,7 +48,14 @@ ATTENTION = {"eager": eager_attention, "sdpa": sdpa_attention}
 
 
 class SelfAttention(nn.Module):
-    """Projections `query`, `key`, `value` (the names LoRA targets) and the output projection `out`."""
+    """Projections `query`, `key`, `value` (the names LoRA targets) and the output projection `out`.
+
+    The forward pass is three steps, so that a method or a model family overrides only the one it changes:
+
+        project(x)            x -> Q, K, V, split into heads       (rotary embeddings, GQA and a KV cache go here)
+        attend(q, k, v, bias) softmax(Q Kᵀ / √d + bias) V           (prefix tuning prepends its keys and values here)
+        output(y)             heads concatenated, then W_O
+    """
 
     def __init__(self, config: EncoderConfig):
         super().__init__()
@@ -63,13 +70,24 @@ class SelfAttention(nn.Module):
         B, T, _ = x.shape
         return x.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None, packing: Packing | None = None) -> torch.Tensor:
-        """x (B, T, H), or (N, H) real tokens with their `packing` (unpad.py) -> the same shape."""
+    def project(self, x: torch.Tensor, packing: Packing | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, T, H), or (N, H) real tokens with their `packing` (unpad.py) -> q, k, v (B, nh, T, hd)."""
         q, k, v = self.query(x), self.key(x), self.value(x)
         if packing is not None:  # attention needs each sequence's tokens side by side: re-pad
             q, k, v = packing.unpack(q), packing.unpack(k), packing.unpack(v)  # (B, T, H)
-        B, T, H = q.shape
-        q, k, v = self.split_heads(q), self.split_heads(k), self.split_heads(v)  # (B, nh, T, hd)
-        y = ATTENTION[self.impl](q, k, v, bias, self.dropout_p, self.training)  # (B, nh, T, hd)
-        y = y.transpose(1, 2).reshape(B, T, H)  # (B, T, nh * hd)
+        return self.split_heads(q), self.split_heads(k), self.split_heads(v)  # (B, nh, T, hd)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """q (B, nh, T, hd), k, v (B, nh, S, hd), bias broadcastable to (B, nh, T, S) -> (B, nh, T, hd)."""
+        return ATTENTION[self.impl](q, k, v, bias, self.dropout_p, self.training)
+
+    def output(self, y: torch.Tensor, packing: Packing | None = None) -> torch.Tensor:
+        """y (B, nh, T, hd) -> W_O Concat(heads): (B, T, H), or (N, H) real tokens with their `packing`."""
+        B, _, T, _ = y.shape
+        y = y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)  # (B, T, nh * hd)
         return self.out(y if packing is None else packing.pack(y))
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None, packing: Packing | None = None) -> torch.Tensor:
+        """x (B, T, H), or (N, H) real tokens with their `packing` (unpad.py) -> the same shape."""
+        q, k, v = self.project(x, packing)
+        return self.output(self.attend(q, k, v, bias), packing)

@@ -60,7 +60,13 @@ def pool(hidden, attention_mask, kind: str, pooler: Pooler | None = None) -> tor
 
 
 class SequenceClassifier(nn.Module):
-    """Encoder -> pool -> dropout -> linear: logits (B, num_labels). `labels` names the rows of W."""
+    """Encoder -> pool -> dropout -> linear: logits (B, num_labels). `labels` names the rows of W.
+
+    What PEFT and quantization read of a task model (peft/common.py, quant/qlinear.py):
+    `modules_to_save`, the modules that always train (peft's name): the new head, plus BERT's pooler when the
+    head pools with it; `tied_weights`, parameters shared between modules (none here)."""
+
+    tied_weights: dict[str, str] = {}
 
     def __init__(self, encoder: Encoder, num_labels: int, pooling: str = "pooler", dropout: float | None = None, labels: list[str] | None = None):
         super().__init__()
@@ -78,6 +84,10 @@ class SequenceClassifier(nn.Module):
         self.classifier = nn.Linear(encoder.config.hidden_size, num_labels)  # W (K, H), b (K,)
         nn.init.normal_(self.classifier.weight, mean=0.0, std=0.02)  # BERT's initialisation
         nn.init.zeros_(self.classifier.bias)
+
+    @property
+    def modules_to_save(self) -> tuple[str, ...]:
+        return ("classifier", "encoder.pooler") if self.pooling == "pooler" else ("classifier",)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
         hidden = self.encoder(input_ids, attention_mask, token_type_ids)  # (B, T, H)

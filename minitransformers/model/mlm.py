@@ -52,7 +52,13 @@ class MLMHead(nn.Module):
 
 
 class MaskedLM(nn.Module):
-    """Encoder -> MLM head, as `transformers`' BertForMaskedLM (`bert.*` is our `encoder`, `cls.predictions` our `head`)."""
+    """Encoder -> MLM head, as `transformers`' BertForMaskedLM (`bert.*` is our `encoder`, `cls.predictions` our `head`).
+
+    For PEFT and quantization: the head always trains (`modules_to_save`), and its decoder is the word
+    embedding (`tied_weights`: alias -> owner), which no method may quantize, wrap or untie."""
+
+    modules_to_save = ("head",)
+    tied_weights = {"head.decoder.weight": "encoder.embeddings.word.weight"}
 
     def __init__(self, encoder: Encoder):
         super().__init__()

@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..model.encoder import EncoderLayer
-from .common import mark_only_trainable
+from .common import PEFTModule, attach, head_names, in_head, base_requires_grad, detach, mark_only_trainable, refuse_stacking
 
 NON_LINEARITIES = {
     "relu": F.relu,
@@ -104,7 +104,7 @@ class Adapter(nn.Module):
         return f"non_linearity={self.non_linearity!r}"
 
 
-class AdaptedLinear(nn.Module):
+class AdaptedLinear(PEFTModule, nn.Module):
     """Houlsby's placement: a(W x + b) = y + Δ(y) with y = W x + b, the wrapped nn.Linear's output."""
 
     def __init__(self, linear: nn.Linear, adapter: Adapter):
@@ -114,10 +114,17 @@ class AdaptedLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         y = F.linear(x, self.weight, self.bias)  # (…, H)
-        return y + self.adapter(y)
+        return y + self.adapter(y) if self.enabled else y
+
+    def base(self) -> nn.Linear:
+        """The wrapped layer again: an nn.Linear holding the same Parameter objects."""
+        out_features, in_features = self.weight.shape
+        linear = nn.Linear(in_features, out_features, bias=self.bias is not None, device="meta")
+        linear.weight, linear.bias = self.weight, self.bias
+        return linear
 
 
-class AdaptedLayerNorm(nn.Module):
+class AdaptedLayerNorm(PEFTModule, nn.Module):
     """Pfeiffer's placement: LN(z + Δ(LN(z))), the adapter after the Add & Norm and the same LayerNorm again."""
 
     def __init__(self, norm: nn.LayerNorm, adapter: Adapter):
@@ -130,7 +137,13 @@ class AdaptedLayerNorm(nn.Module):
         return F.layer_norm(z, self.normalized_shape, self.weight, self.bias, self.eps)
 
     def forward(self, z: Tensor) -> Tensor:
-        return self.norm(z + self.adapter(self.norm(z)))  # (…, H)
+        return self.norm(z + self.adapter(self.norm(z))) if self.enabled else self.norm(z)  # (…, H)
+
+    def base(self) -> nn.LayerNorm:
+        """The wrapped LayerNorm again, holding the same Parameter objects."""
+        norm = nn.LayerNorm(self.normalized_shape, eps=self.eps, device="meta")
+        norm.weight, norm.bias = self.weight, self.bias
+        return norm
 
 
 def add_adapters(
@@ -155,8 +168,7 @@ def add_adapters(
     train_layernorm = default_train_layernorm if train_layernorm is None else train_layernorm
     if non_linearity not in NON_LINEARITIES:
         raise ValueError(f"unknown non_linearity {non_linearity!r}; use one of {sorted(NON_LINEARITIES)}")
-    if any(isinstance(m, (AdaptedLinear, AdaptedLayerNorm)) for m in model.modules()):
-        raise ValueError(f"{type(model).__name__} already has adapters; add them to a fresh base model")
+    refuse_stacking(model, "adapters")
     layers = [m for m in model.modules() if isinstance(m, EncoderLayer)]
     if not layers:
         raise ValueError(f"{type(model).__name__} has no EncoderLayer; add_adapters patches a minitransformers Encoder")
@@ -167,6 +179,8 @@ def add_adapters(
             f"(hidden_size // reduction_factor must be at least 1); use a reduction_factor between 1 and {H}"
         )
     bottleneck = int(H // reduction_factor)
+
+    frozen = base_requires_grad(model)
 
     def adapter_like(module: nn.Module) -> Adapter:
         return Adapter(H, bottleneck, non_linearity, device=module.weight.device, dtype=module.weight.dtype)
@@ -184,4 +198,14 @@ def add_adapters(
         if isinstance(module, (nn.LayerNorm, AdaptedLayerNorm))
         for p in ("weight", "bias")
     }
+    layernorms = {n: p for n, p in model.named_parameters() if n in norms and not in_head(n, head_names(model))} if train_layernorm else None
+    attach(model, "adapters", frozen, in_place=layernorms)  # LayerNorms train in place: keep their pretrained values
     return mark_only_trainable(model, lambda name: "adapter" in name or (train_layernorm and name in norms))
+
+
+def remove_adapters(model: nn.Module) -> nn.Module:
+    """The base model back: each wrapper replaced by the nn.Linear or nn.LayerNorm it wraps, the same Parameters.
+    The adapters define no merge: Δ is nonlinear, so it cannot be folded into W (Houlsby keeps them at inference)."""
+    for name in [n for n, m in model.named_modules() if isinstance(m, (AdaptedLinear, AdaptedLayerNorm))]:
+        model.set_submodule(name, model.get_submodule(name).base())
+    return detach(model, "adapters")

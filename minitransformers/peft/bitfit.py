@@ -24,15 +24,26 @@ from __future__ import annotations
 
 from torch import nn
 
-from .common import HEAD, mark_only_trainable
+from .common import attach, base_requires_grad, detach, head_names, in_head, mark_only_trainable, refuse_stacking
 
 
 def add_bitfit(model: nn.Module) -> nn.Module:
-    """Freeze every parameter of `model` except the bias terms and the classifier (`classifier.*`). Returns
-    the model."""
-    unused_pooler = ("encoder.pooler.",) if getattr(model, "pooling", "pooler") != "pooler" else ()
+    """Freeze every parameter of `model` except the bias terms and the modules to save (the classifier). BERT's
+    pooler, which counts as part of the head elsewhere, trains only its bias here. Returns the model."""
+    refuse_stacking(model, "bitfit")
+    unused_pooler = ("encoder.pooler",) if getattr(model, "pooling", "pooler") != "pooler" else ()
+    head = tuple(h for h in head_names(model) if h != "encoder.pooler")  # the authors' code: the pooler's bias only
 
     def trainable(name: str) -> bool:
-        return name.startswith(HEAD) or (name.endswith("bias") and not name.startswith(unused_pooler))
+        return in_head(name, head) or (name.endswith("bias") and not in_head(name, unused_pooler))
 
+    frozen = base_requires_grad(model)
+    attach(model, "bitfit", frozen, in_place={n: p for n, p in model.named_parameters() if n.endswith("bias") and trainable(n) and not in_head(n, head)})
     return mark_only_trainable(model, trainable, train_head=False)
+
+
+def remove_bitfit(model: nn.Module) -> nn.Module:
+    """The base model back: the pretrained biases in place again, bit for bit, and the flags as before. The
+    modules to save (the new head) keep their trained values: they are not part of the base. BitFit needs no
+    merge: the trained biases are the model's own."""
+    return detach(model, "bitfit")

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import head_names, load_trainable_state_dict, mark_only_trainable, trainable_state_dict
+from .common import PEFTModule, adaptable_linears, attach, base_requires_grad, detach, mark_only_trainable, refuse_stacking
 
 
 @dataclass
@@ -55,7 +55,7 @@ class LoRAConfig:
     targets: tuple[str, ...] = ("query", "value")
 
 
-class LoRALinear(nn.Module):
+class LoRALinear(PEFTModule, nn.Module):
     """An nn.Linear plus the low-rank update (α / r) B A, which `merge` folds into the weight."""
 
     def __init__(self, base: nn.Linear, r: int = 8, alpha: float = 16, dropout: float = 0.0):
@@ -72,8 +72,8 @@ class LoRALinear(nn.Module):
         self.merged = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.merged:
-            return self.base(x)  # F.linear(x, W + (α/r) B A, b): one matmul
+        if self.merged or not self.enabled:
+            return self.base(x)  # merged: F.linear(x, W + (α/r) B A, b), one matmul; disabled: the base layer
         h = self.base(x)  # W x + b: (…, in) -> (…, out)
         update = F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)  # B A x: (…, in) -> (…, r) -> (…, out)
         return h + self.scaling * update
@@ -115,38 +115,49 @@ def matches(name: str, targets) -> bool:
     return any(name == t or name.endswith(f".{t}") for t in targets)
 
 
-def add_lora(model: nn.Module, r: int = 8, alpha: float = 16, dropout: float = 0.0, targets=("query", "value")) -> nn.Module:
-    """Wrap each nn.Linear whose name ends with one of `targets` (the head excepted: it trains in full) in a
-    LoRALinear, then freeze everything but LoRA's A, B and the task head. Returns the model."""
-    if done := list(lora_layers(model)):
-        raise ValueError(f"the model already has LoRA on {done[:3]}…; start from a fresh base, or merge_lora it first")
-    targets, head = (targets,) if isinstance(targets, str) else tuple(targets), head_names(model)
-    chosen = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and matches(n, targets) and not n.startswith(head)]
+def wrap_linears(model: nn.Module, r: int, alpha: float, dropout: float, targets) -> list[str]:
+    """Wrap each adaptable nn.Linear (common.adaptable_linears: not a module to save, not tied) whose name ends
+    with one of `targets` in a LoRALinear, in place. -> the wrapped names."""
+    targets = (targets,) if isinstance(targets, str) else tuple(targets)
+    chosen = [n for n in adaptable_linears(model) if matches(n, targets)]
     if not chosen:
         linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-        raise ValueError(f"no nn.Linear module name ends with one of the targets {targets}; the Linear modules are {linear[:8]}…")
+        raise ValueError(f"no nn.Linear module name ends with one of the targets {targets} (modules to save and tied weights excepted); the Linear modules are {linear[:8]}…")
     for name in chosen:
         model.set_submodule(name, LoRALinear(model.get_submodule(name), r, alpha, dropout))
+    return chosen
+
+
+def add_lora(model: nn.Module, r: int = 8, alpha: float = 16, dropout: float = 0.0, targets=("query", "value")) -> nn.Module:
+    """Wrap each nn.Linear whose name ends with one of `targets` (never a module to save, which trains in full,
+    nor a tied weight) in a LoRALinear, then freeze everything but LoRA's A, B and the modules to save.
+    Returns the model."""
+    refuse_stacking(model, "lora")
+    frozen = base_requires_grad(model)
+    wrap_linears(model, r, alpha, dropout, targets)
+    attach(model, "lora", frozen)
     return mark_only_trainable(model, is_lora)
 
 
-def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """What a LoRA run saves: the parameters `add_lora` left trainable, i.e. every A, B and the task head."""
-    return trainable_state_dict(model)
+def unwrap_linears(model: nn.Module, merge: bool) -> nn.Module:
+    """Put every LoRALinear's base layer back, folding (α / r) B A into it first with `merge`, else unmerging
+    any merged layer."""
+    for name, layer in lora_layers(model).items():
+        if merge and not layer.merged:
+            layer.merge()
+        elif not merge and layer.merged:
+            layer.unmerge()
+        model.set_submodule(name, layer.base)
+    return model
 
 
-def load_lora_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
-    """Load a `lora_state_dict` onto a fresh base given `add_lora` with the same options."""
-    if merged := [n for n, m in lora_layers(model).items() if m.merged]:
-        raise RuntimeError(f"LoRA layers {merged[:3]} are merged: new A, B would leave the old B A inside W; unmerge them first")
-    return load_trainable_state_dict(model, state)
+def remove_lora(model: nn.Module) -> nn.Module:
+    """The base model back (peft's `unload`): every LoRALinear replaced by the nn.Linear it wraps, unchanged
+    bit for bit unless it was merged (then W − (α / r) B A, up to rounding)."""
+    return detach(unwrap_linears(model, merge=False), "lora")
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
     """Fold every LoRA update into its weight and put the plain nn.Linear back (peft's `merge_and_unload`),
     so the model has its original layout again and `save_pretrained` writes an ordinary HF folder."""
-    for name, layer in lora_layers(model).items():
-        if not layer.merged:
-            layer.merge()
-        model.set_submodule(name, layer.base)
-    return model
+    return detach(unwrap_linears(model, merge=True), "lora")

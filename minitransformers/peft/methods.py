@@ -26,28 +26,41 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from torch import nn
+
 from ..io.safetensors import load_file, save_file
 from ..model import SequenceClassifier
 from ..text.tokenizer import Tokenizer
-from .adapters import AdapterConfig, add_adapters
-from .bitfit import add_bitfit
-from .common import load_trainable_state_dict, mark_only_trainable, trainable_state_dict
-from .lora import LoRAConfig, add_lora
-from .prompts import PrefixTuningConfig, PromptTuningConfig, add_prefix_tuning, add_prompt_tuning, merge_prefix
-from .qlora import QLoRAConfig, add_qlora
+from .adapters import AdapterConfig, add_adapters, remove_adapters
+from .bitfit import add_bitfit, remove_bitfit
+from .common import attached, load_trainable_state_dict, mark_only_trainable, trainable_state_dict
+from .lora import LoRAConfig, add_lora, remove_lora
+from .prompts import PrefixTuningConfig, PromptTuningConfig, add_prefix_tuning, add_prompt_tuning, merge_prefix, remove_prefix_tuning, remove_prompt_tuning
+from .qlora import QLoRAConfig, add_qlora, remove_qlora
 
-# method -> the dataclass of its options (None: it has none)
 CONFIG_FILE, WEIGHTS_FILE = "adapter.json", "adapter.safetensors"
-METHOD_CONFIGS = {
-    "full": None, "head": None, "bitfit": None, "lora": LoRAConfig, "qlora": QLoRAConfig,
-    "houlsby": AdapterConfig, "pfeiffer": AdapterConfig, "prompt": PromptTuningConfig, "prefix": PrefixTuningConfig,
-}  # fmt: skip
-METHODS = tuple(METHOD_CONFIGS)
+# method -> (the dataclass of its options or None, how it prepares a model: (model, tokenizer, **options) -> model)
+METHOD_TABLE = {
+    "full": (None, lambda model, tokenizer: model),
+    "head": (None, lambda model, tokenizer: mark_only_trainable(model)),
+    "bitfit": (None, lambda model, tokenizer: add_bitfit(model)),
+    "lora": (LoRAConfig, lambda model, tokenizer, **o: add_lora(model, **o)),
+    "qlora": (QLoRAConfig, lambda model, tokenizer, **o: add_qlora(model, **o)),
+    "houlsby": (AdapterConfig, lambda model, tokenizer, **o: add_adapters(model, "houlsby", **o)),
+    "pfeiffer": (AdapterConfig, lambda model, tokenizer, **o: add_adapters(model, "pfeiffer", **o)),
+    "prompt": (PromptTuningConfig, lambda model, tokenizer, **o: add_prompt_tuning(model, **o, tokenizer=tokenizer)),
+    "prefix": (PrefixTuningConfig, lambda model, tokenizer, **o: add_prefix_tuning(model, **o)),
+}
+METHOD_CONFIGS = {name: config for name, (config, _) in METHOD_TABLE.items()}
+METHODS = tuple(METHOD_TABLE)
+# what `common.attach` recorded -> the function that gives the base back
+REMOVE = {"lora": remove_lora, "qlora": remove_qlora, "adapters": remove_adapters, "bitfit": remove_bitfit,
+          "prompt_tuning": remove_prompt_tuning, "prefix_tuning": remove_prefix_tuning}  # fmt: skip
 
 
 def method_config(method: str, options=None):
     """The options of `method` as its dataclass: from a dict (adapter.json's) or a dataclass, or its defaults."""
-    if method not in METHOD_CONFIGS:
+    if method not in METHOD_TABLE:
         raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     cls = METHOD_CONFIGS[method]
     if cls is None:
@@ -64,24 +77,15 @@ def apply_method(model: SequenceClassifier, method: str, options=None, tokenizer
     of its fields, or None for its defaults; the tokenizer is needed only by prompt tuning's "text"
     initialisation. Returns the model."""
     config = method_config(method, options)
-    options = {} if config is None else asdict(config)
-    if method == "full":
-        return model
-    if method == "head":
-        return mark_only_trainable(model)
-    if method == "bitfit":
-        return add_bitfit(model)
-    if method == "lora":
-        return add_lora(model, **options)
-    if method == "qlora":
-        return add_qlora(model, **options)
-    if method in ("houlsby", "pfeiffer"):
-        return add_adapters(model, kind=method, **options)
-    if method == "prompt":
-        return add_prompt_tuning(model, **options, tokenizer=tokenizer)
-    if method == "prefix":
-        return add_prefix_tuning(model, **options)
-    raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    return METHOD_TABLE[method][1](model, tokenizer, **({} if config is None else asdict(config)))
+
+
+def remove_method(model: nn.Module) -> nn.Module:
+    """Whatever method prepared the model, removed: the base model back (each remove_X says how exactly)."""
+    method = attached(model)
+    if method not in REMOVE:
+        raise ValueError(f"{type(model).__name__} carries no removable parameter-efficient method (found {method or 'none'})")
+    return REMOVE[method](model)
 
 
 def save_finetuned(model: SequenceClassifier, path: str | Path, method: str, options: dict, base_model: str | Path) -> None:

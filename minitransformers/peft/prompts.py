@@ -32,9 +32,12 @@ P = MLP(P'), P' ∈ R^{n×H}, MLP = Linear(H, d) → tanh → Linear(d, L·2·H)
 (`merge_prefix`). Paper defaults: prefix length 10 for table-to-text and 200 for summarization (section 7.2),
 the MLP reparameterisation; its hidden size d is peft's `encoder_hidden_size`, which defaults to H.
 
-Names: parameters contain `prompt` or `prefix`. Prompt tuning moves the encoder under the wrapper:
-`encoder.base.layers.0.…`, `encoder.prompt`. Prefix tuning keeps the encoder's names except the wrapped
-attention (`encoder.layers.0.attention.base.query.weight`) and adds `encoder.prefix.…`.
+Names: parameters contain `prompt` or `prefix`; the base keeps every name. Each method overrides one step of
+the modules it changes and leaves their parameters where they are: prompt tuning makes the encoder a
+`PromptTunedEncoder`, which feeds [P; E_word[x]] to the encoder as `inputs_embeds` (adding `encoder.prompt`);
+prefix tuning makes each attention a `PrefixSelfAttention`, whose `attend` step prepends the prefix to K and V
+(adding `encoder.prefix.…`). The class of the existing module is swapped, as `torch.nn.utils.parametrize` does,
+so that `remove_prompt_tuning` / `remove_prefix_tuning` give the very same modules back.
 """
 
 from __future__ import annotations
@@ -44,11 +47,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..model.attention import ATTENTION, SelfAttention
+from ..model.attention import SelfAttention
 from ..model.encoder import Encoder
-from ..model.unpad import Packing
 from ..text.tokenizer import Tokenizer
-from .common import mark_only_trainable
+from .common import PEFTModule, attach, base_requires_grad, detach, mark_only_trainable, refuse_stacking
 
 PROMPT_INITS = ("random", "vocab", "text")
 
@@ -82,19 +84,12 @@ def _encoder_of(model: nn.Module) -> Encoder:
 # Prompt tuning
 
 
-class PromptTunedEncoder(nn.Module):
-    """The encoder run over [P; x]. `config`, `embeddings`, `layers` and `pooler` read through to `base`."""
+class PromptTunedEncoder(PEFTModule, Encoder):
+    """An Encoder run over [P; x]: its forward builds the prompted word vectors and calls the encoder's own forward
+    with them as `inputs_embeds`. Made by `add_prompt_tuning` from an existing Encoder (its class swapped, its
+    modules and names kept); `prompt` (n, H) is the one new parameter."""
 
-    def __init__(self, base: Encoder, prompt: torch.Tensor):
-        super().__init__()
-        self.base = base
-        self.prompt = nn.Parameter(prompt)  # P (n, H)
-        self.train(base.training)
-
-    config = property(lambda self: self.base.config)
-    embeddings = property(lambda self: self.base.embeddings)
-    layers = property(lambda self: self.base.layers)
-    pooler = property(lambda self: self.base.pooler)
+    prompt: nn.Parameter
 
     @property
     def num_virtual_tokens(self) -> int:
@@ -102,13 +97,15 @@ class PromptTunedEncoder(nn.Module):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None) -> torch.Tensor:
         """-> the real tokens' states (B, T, H): position 0 is again [CLS], and a mask (B, T) still fits them."""
+        if not self.enabled:
+            return super().forward(input_ids, attention_mask, token_type_ids, inputs_embeds)
         return self.forward_with_prompt(input_ids, attention_mask, token_type_ids, inputs_embeds)[:, self.num_virtual_tokens :]
 
     def forward_with_prompt(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None) -> torch.Tensor:
         """-> the states of the prompt and the input (B, n + T, H)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids and inputs_embeds")
-        words = self.base.embeddings.word(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
+        words = self.embeddings.word(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
         (B, T, _), n = words.shape, self.num_virtual_tokens
         limit = self.config.max_position_embeddings
         if n + T > limit:
@@ -118,7 +115,7 @@ class PromptTunedEncoder(nn.Module):
             attention_mask = torch.cat([attention_mask.new_ones(B, n), attention_mask], dim=1)  # (B, n + T)
         if token_type_ids is not None:
             token_type_ids = torch.cat([token_type_ids.new_zeros(B, n), token_type_ids], dim=1)  # (B, n + T)
-        return self.base(attention_mask=attention_mask, token_type_ids=token_type_ids, inputs_embeds=embeds)
+        return super().forward(attention_mask=attention_mask, token_type_ids=token_type_ids, inputs_embeds=embeds)
 
 
 def init_prompt(word_embeddings: nn.Embedding, num_virtual_tokens: int, init: str, init_text: str | None = None, tokenizer: Tokenizer | None = None) -> torch.Tensor:
@@ -155,12 +152,22 @@ def add_prompt_tuning(model: nn.Module, num_virtual_tokens: int = 20, init: str 
     if num_virtual_tokens < 1:
         raise ValueError(f"num_virtual_tokens is {num_virtual_tokens}; use at least 1")
     encoder = _encoder_of(model)
+    refuse_stacking(model, "prompt_tuning")
+    frozen = base_requires_grad(model)
     prompt = init_prompt(encoder.embeddings.word, num_virtual_tokens, init, init_text, tokenizer)
-    model.encoder = PromptTunedEncoder(encoder, prompt.to(encoder.embeddings.word.weight.device))
-    # BERT's pooler, when the head pools with it, now sits at encoder.base.pooler, where common.head_names
-    # (which looks for encoder.pooler) does not see it.
-    pooler_trains = getattr(model, "pooling", None) == "pooler"
-    return mark_only_trainable(model, lambda name: "prompt" in name or (pooler_trains and name.startswith("encoder.base.pooler.")))
+    encoder.__class__ = PromptTunedEncoder  # the same module, its forward now prepends the prompt
+    encoder.prompt = nn.Parameter(prompt.to(encoder.embeddings.word.weight.device))  # P (n, H)
+    attach(model, "prompt_tuning", frozen)
+    return mark_only_trainable(model, ("prompt",))
+
+
+def remove_prompt_tuning(model: nn.Module) -> nn.Module:
+    """The base model back: the encoder a plain Encoder again, without its prompt. Prompt tuning has no merge:
+    the prompt is an input, not a change of any weight."""
+    encoder = _encoder_of(model)
+    del encoder.prompt
+    encoder.__class__ = Encoder
+    return detach(model, "prompt_tuning")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -194,34 +201,26 @@ class PrefixMLP(nn.Module):
         return flat.view(n, self.num_layers, 2, H).permute(1, 2, 0, 3)  # (L, 2, n, H)
 
 
-class PrefixSelfAttention(nn.Module):
-    """`base` (a SelfAttention) with layer `layer`'s prefix in front of its keys and values."""
+class PrefixSelfAttention(PEFTModule, SelfAttention):
+    """A SelfAttention whose `attend` step puts layer `layer`'s prefix in front of its keys and values. Made by
+    `add_prefix_tuning` from an existing SelfAttention (its class swapped; its projections and names kept). The
+    prefix module is held, not registered: the encoder owns it (`encoder.prefix`), so that its parameters appear
+    once in the state dict, and one MLP serves every layer."""
 
-    def __init__(self, base: SelfAttention, prefix: nn.Module, layer: int):
-        super().__init__()
-        self.base, self.layer = base, layer
-        self.train(base.training)  # a new module is in training mode; keep the wrapped one's (dropout)
-        # Held, not registered: the encoder owns the prefix (`encoder.prefix`), so that its parameters appear
-        # once in the state dict, and one MLP serves every layer.
-        object.__setattr__(self, "prefix", prefix)
+    layer: int
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None, packing: Packing | None = None) -> torch.Tensor:
-        """As SelfAttention.forward: x (B, T, H), or (N, H) real tokens with their `packing`."""
-        attn = self.base
-        q, k, v = attn.query(x), attn.key(x), attn.value(x)
-        if packing is not None:
-            q, k, v = packing.unpack(q), packing.unpack(k), packing.unpack(v)  # (B, T, H)
-        B, T, H = q.shape
+    def attend(self, q, k, v, bias):
+        """q (B, nh, T, hd), k, v (B, nh, T, hd) -> softmax(Q [P_k; K]ᵀ / √d + [0; M]) [P_v; V]: (B, nh, T, hd)."""
+        if not self.enabled:
+            return super().attend(q, k, v, bias)
+        B = k.size(0)
         prefix_k, prefix_v = self.prefix()[self.layer].to(k.dtype)  # (n, H) each; the MLP runs per layer, tiny next to it
         n = prefix_k.size(0)
-        k = torch.cat([prefix_k.expand(B, n, H), k], dim=1)  # (B, n + T, H)
-        v = torch.cat([prefix_v.expand(B, n, H), v], dim=1)  # (B, n + T, H)
-        q, k, v = attn.split_heads(q), attn.split_heads(k), attn.split_heads(v)  # (B, nh, T, hd), (B, nh, n + T, hd)
+        k = torch.cat([self.split_heads(prefix_k.expand(B, n, -1)), k], dim=2)  # (B, nh, n + T, hd)
+        v = torch.cat([self.split_heads(prefix_v.expand(B, n, -1)), v], dim=2)  # (B, nh, n + T, hd)
         if bias is not None:
             bias = torch.cat([bias.new_zeros(bias.size(0), 1, 1, n), bias], dim=-1)  # (B, 1, 1, n + T): the prefix is never masked
-        y = ATTENTION[attn.impl](q, k, v, bias, attn.dropout_p, self.training)  # (B, nh, T, hd)
-        y = y.transpose(1, 2).reshape(B, T, H)  # (B, T, nh * hd)
-        return attn.out(y if packing is None else packing.pack(y))
+        return super().attend(q, k, v, bias)
 
 
 def _prefix_attentions(encoder: Encoder) -> list[PrefixSelfAttention]:
@@ -242,6 +241,8 @@ def add_prefix_tuning(model: nn.Module, num_virtual_tokens: int = 20, reparamete
     if projection_dim is not None and not reparameterize:
         raise ValueError("projection_dim sizes the reparameterisation MLP; pass reparameterize=True or drop projection_dim")
     encoder = _encoder_of(model)
+    refuse_stacking(model, "prefix_tuning")
+    frozen = base_requires_grad(model)
     L, H = encoder.config.num_layers, encoder.config.hidden_size
     device = encoder.embeddings.word.weight.device
     if reparameterize:
@@ -249,8 +250,21 @@ def add_prefix_tuning(model: nn.Module, num_virtual_tokens: int = 20, reparamete
     else:
         encoder.prefix = PrefixTable(torch.randn(L, 2, num_virtual_tokens, H, device=device))
     for i, layer in enumerate(encoder.layers):
-        layer.attention = PrefixSelfAttention(layer.attention, encoder.prefix, i)
+        layer.attention.__class__ = PrefixSelfAttention  # the same module, its attend step now sees the prefix
+        layer.attention.layer = i
+        object.__setattr__(layer.attention, "prefix", encoder.prefix)
+    attach(model, "prefix_tuning", frozen)
     return mark_only_trainable(model, ("prefix",))
+
+
+def remove_prefix_tuning(model: nn.Module) -> nn.Module:
+    """The base model back: every attention a plain SelfAttention again, the prefix gone."""
+    encoder = _encoder_of(model)
+    for attention in _prefix_attentions(encoder):
+        del attention.layer, attention.prefix
+        attention.__class__ = SelfAttention
+    del encoder.prefix
+    return detach(model, "prefix_tuning")
 
 
 def merge_prefix(model: nn.Module) -> nn.Module:
@@ -266,4 +280,7 @@ def merge_prefix(model: nn.Module) -> nn.Module:
     return model
 
 
-__all__ = ["PromptTunedEncoder", "PrefixSelfAttention", "PrefixTable", "PrefixMLP", "init_prompt", "add_prompt_tuning", "add_prefix_tuning", "merge_prefix"]
+__all__ = [
+    "PromptTunedEncoder", "PrefixSelfAttention", "PrefixTable", "PrefixMLP", "init_prompt",
+    "add_prompt_tuning", "remove_prompt_tuning", "add_prefix_tuning", "remove_prefix_tuning", "merge_prefix",
+]  # fmt: skip

@@ -52,8 +52,8 @@ import torch
 from torch import nn
 
 from ..quant.qlinear import WeightOnlyLinear, weight_only_matmul
-from .common import head_names, mark_only_trainable
-from .lora import LoRAConfig, add_lora, is_lora, merge_lora
+from .common import adaptable_linears, head_names, in_head, attach, base_requires_grad, detach, mark_only_trainable, refuse_stacking
+from .lora import LoRAConfig, is_lora, lora_layers, unwrap_linears, wrap_linears
 
 ALL_LINEAR = ("query", "key", "value", "out", "up", "down")  # every Linear of an encoder layer
 
@@ -103,14 +103,25 @@ class NF4Linear(WeightOnlyLinear):
 
 
 def add_qlora(model: nn.Module, r: int = 8, alpha: float = 16, dropout: float = 0.0, targets=ALL_LINEAR, double_quant: bool = True) -> nn.Module:
-    """LoRA on the Linear layers named by `targets` (lora.add_lora), then every Linear outside the task head,
-    adapted or not, frozen in NF4. Embeddings and LayerNorms stay float and frozen; LoRA's A, B and the
-    head train. Returns the model."""
-    add_lora(model, r, alpha, dropout, targets)  # A, B in the float dtype of the weights they adapt
-    head = head_names(model)
-    for name in [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not n.startswith(head)]:
+    """LoRA on the Linear layers named by `targets` (lora.wrap_linears), then every adaptable Linear (outside the
+    modules to save, weight not tied; common.adaptable_linears), adapted or not, frozen in NF4. Embeddings and
+    LayerNorms stay float and frozen; LoRA's A, B and the modules to save train. Returns the model."""
+    refuse_stacking(model, "qlora")
+    frozen = base_requires_grad(model)
+    wrap_linears(model, r, alpha, dropout, targets)  # A, B in the float dtype of the weights they adapt
+    for name in adaptable_linears(model):  # the plain Linears, and the `base` inside each LoRALinear
         model.set_submodule(name, NF4Linear.from_linear(model.get_submodule(name), double_quant))
+    attach(model, "qlora", frozen)
     return mark_only_trainable(model, is_lora)
+
+
+def remove_qlora(model: nn.Module) -> nn.Module:
+    """LoRA removed: each adapted layer is its NF4Linear base again, so the model is the quantized base, bit for
+    bit what `add_qlora` froze. The float weights are not restored: quantizing them was the point, and NF4 keeps
+    no copy (dequantize_base gives Ŵ, not W)."""
+    if merged := [n for n, m in lora_layers(model).items() if m.merged]:
+        raise RuntimeError(f"LoRA layers {merged[:3]} of a QLoRA model cannot be merged into NF4; use merge_qlora for a float export")
+    return detach(unwrap_linears(model, merge=False), "qlora")
 
 
 @torch.no_grad()
@@ -131,14 +142,14 @@ def merge_qlora(model: nn.Module) -> nn.Module:
     model has its original float layout and `save_pretrained` writes an ordinary HF folder that computes
     what the QLoRA model computes. `copy.deepcopy(model)` first to keep the QLoRA model. Do not quantize
     the result to NF4 again and expect the adapted model back: see the module docstring."""
-    return merge_lora(dequantize_base(model))
+    return detach(unwrap_linears(dequantize_base(model), merge=True), "qlora")
 
 
 def base_memory(model: nn.Module) -> dict:
     """The bytes of the Linear weights outside the task head (those QLoRA freezes in NF4) as the model stores
     them now, against the same weights in bf16 (2 bytes each). Biases are not counted: they stay float."""
     head = head_names(model)
-    layers = [m for n, m in model.named_modules() if isinstance(m, (nn.Linear, NF4Linear)) and not n.startswith(head)]
+    layers = [m for n, m in model.named_modules() if isinstance(m, (nn.Linear, NF4Linear)) and not in_head(n, head)]
     weights = sum(m.out_features * m.in_features for m in layers)
     stored = sum(m.weight_nbytes if isinstance(m, NF4Linear) else m.weight.nbytes for m in layers)
     return {
