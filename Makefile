@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DATA_TEST := minilm sentiment stsb wikitext2
 
-.PHONY: test test-slow experiment bench data clean
+.PHONY: test test-slow test-without-extras experiment bench data clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m minitransformers fetch $(DATA_TEST)
 	$(PY) -m pytest -q -m slow
+
+# The suite as on a machine without the test extra: only the parity tests may skip (tests/conftest.py hides them).
+test-without-extras: $(STAMP)
+	$(PY) -m minitransformers fetch $(DATA_TEST)
+	MINITRANSFORMERS_HIDE=transformers,peft,bitsandbytes,triton $(PY) -m pytest -q -rs
 
 experiment: $(STAMP)
 	$(PY) -m minitransformers fetch $(DATA_TEST)

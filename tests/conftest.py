@@ -3,7 +3,10 @@ the tiny fine-tuning setup (a WordPiece vocabulary, a 2-layer BERT and synthetic
 for the quantization tests. Test modules import helpers from here, never from each other."""
 
 import csv
+import importlib.abc
+import os
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,22 @@ from minitransformers import Encoder, EncoderConfig
 from minitransformers.model import SequenceClassifier
 from minitransformers.text.tokenizer import Tokenizer, train_wordpiece
 from minitransformers.train import checkpoint
+
+class _Hidden(importlib.abc.MetaPathFinder):
+    """`MINITRANSFORMERS_HIDE=transformers,peft` makes those packages unimportable, as on a machine without the
+    test extra: `make test-without-extras` runs the suite so, to show that only the parity tests skip."""
+
+    def __init__(self, names: set[str]):
+        self.names = names
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname.partition(".")[0] in self.names:
+            raise ModuleNotFoundError(f"No module named {fullname!r} (hidden by MINITRANSFORMERS_HIDE)", name=fullname)
+        return None
+
+
+if hidden := {name for name in os.environ.get("MINITRANSFORMERS_HIDE", "").split(",") if name}:
+    sys.meta_path.insert(0, _Hidden(hidden))
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 POSITIVE, NEGATIVE = ["good", "great", "love", "fine"], ["bad", "awful", "hate", "poor"]
@@ -153,3 +172,10 @@ def ragged_batch(B=8, T=16):
     ids = torch.randint(0, SMALL_CONFIG.vocab_size, (B, T))
     mask = (torch.arange(T)[None] < torch.randint(4, T + 1, (B, 1))).long()  # (B, T), ragged
     return ids, mask
+
+
+def finetune_config(tiny, out, **fields):
+    """`finetune_argv`'s run as a recipe config: the tiny model and reviews, into `out`, with `fields` set."""
+    from minitransformers.recipes.finetune import FinetuneConfig
+
+    return FinetuneConfig(model=str(tiny / "model"), data=str(tiny / "reviews.csv"), out=str(out), batch_size=8, lr=1e-3, device="cpu", **fields)

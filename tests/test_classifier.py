@@ -10,7 +10,6 @@ from minitransformers import Encoder, EncoderConfig, Tokenizer
 from minitransformers.model import SequenceClassifier
 from conftest import random_batch, save_edited
 
-transformers = pytest.importorskip("transformers")
 
 TINY_CONFIGS = [
     EncoderConfig(vocab_size=97, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=37, max_position_embeddings=24),
@@ -21,6 +20,7 @@ LABELS = ["negative", "neutral", "positive"]
 
 def hf_classifier(config: EncoderConfig, labels=LABELS):
     """A random BertForSequenceClassification; LayerNorms, biases and the head randomised so they are tested."""
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed; pip install the test extra")
     hf_config = transformers.BertConfig(**config.to_hf(), id2label=dict(enumerate(labels)), attn_implementation="eager")
     model = transformers.BertForSequenceClassification(hf_config).eval()
     with torch.no_grad():
@@ -51,7 +51,7 @@ def test_against_hf_bert_for_sequence_classification(tmp_path, config, impl):
 
 
 @pytest.mark.parametrize("config", TINY_CONFIGS, ids=["gelu", "gelu_new"])
-def test_save_pretrained_loads_in_transformers_with_same_logits(tmp_path, config):
+def test_save_pretrained_loads_in_transformers_with_same_logits(tmp_path, config, transformers):
     ours = random_classifier(config)
     ours.save_pretrained(tmp_path)
     hf, info = transformers.BertForSequenceClassification.from_pretrained(tmp_path, attn_implementation="eager", output_loading_info=True)

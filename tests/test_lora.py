@@ -19,15 +19,9 @@ from minitransformers.peft.lora import LoRALinear, add_lora, lora_layers, merge_
 from minitransformers.peft.peft_format import load_peft, save_peft
 from conftest import random_batch
 
-transformers = pytest.importorskip("transformers")
 
 CONFIG = EncoderConfig(vocab_size=97, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=37, max_position_embeddings=24)
 ALL_LINEAR = ("query", "key", "value", "out", "up", "down")
-
-
-@pytest.fixture
-def peft():
-    return pytest.importorskip("peft")
 
 
 def classifier(pooling="pooler") -> SequenceClassifier:
@@ -202,7 +196,7 @@ def test_trainable_state_dict_round_trip_onto_a_fresh_base_gives_the_same_logits
         load_trainable_state_dict(fresh, state)
 
 
-def test_merge_lora_saves_a_plain_folder_that_transformers_loads_with_the_same_logits(tmp_path):
+def test_merge_lora_saves_a_plain_folder_that_transformers_loads_with_the_same_logits(tmp_path, transformers):
     """Reference: transformers.BertForSequenceClassification on the merged folder (peft's merge_and_unload)."""
     model = randomise_lora(add_lora(classifier(), targets=ALL_LINEAR))
     batch = random_batch(CONFIG)
@@ -216,7 +210,7 @@ def test_merge_lora_saves_a_plain_folder_that_transformers_loads_with_the_same_l
 
 
 @pytest.mark.parametrize("targets", [("query", "value"), ALL_LINEAR], ids=["paper", "all"])
-def test_save_peft_loads_in_peft_with_the_same_logits(tmp_path, peft, targets):
+def test_save_peft_loads_in_peft_with_the_same_logits(tmp_path, peft, targets, transformers):
     """Reference: peft.PeftModel.from_pretrained over transformers' BertForSequenceClassification."""
     model = classifier()
     model.save_pretrained(tmp_path / "base")
@@ -228,7 +222,7 @@ def test_save_peft_loads_in_peft_with_the_same_logits(tmp_path, peft, targets):
     assert (logits(theirs, batch) - logits(model, batch)).abs().max() <= 1e-5
 
 
-def test_save_peft_writes_the_same_config_and_tensor_names_as_peft(tmp_path, peft):
+def test_save_peft_writes_the_same_config_and_tensor_names_as_peft(tmp_path, peft, transformers):
     """Reference: what peft 0.21.2 itself writes for LoraConfig(task_type SEQ_CLS, target_modules query, value)."""
     model = classifier()
     model.save_pretrained(tmp_path / "base")
@@ -245,7 +239,7 @@ def test_save_peft_writes_the_same_config_and_tensor_names_as_peft(tmp_path, pef
     assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
 
 
-def test_peft_adapter_loads_in_ours_with_the_same_logits(tmp_path, peft):
+def test_peft_adapter_loads_in_ours_with_the_same_logits(tmp_path, peft, transformers):
     """Reference: a LoRA model made and saved by peft (get_peft_model, SEQ_CLS), random nonzero B and head."""
     classifier().save_pretrained(tmp_path / "base")
     hf = transformers.BertForSequenceClassification.from_pretrained(tmp_path / "base", attn_implementation="eager")

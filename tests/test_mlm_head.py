@@ -11,12 +11,12 @@ from minitransformers import Encoder
 from minitransformers.model import MaskedLM
 from conftest import TINY_CONFIGS, random_batch, save_edited
 
-transformers = pytest.importorskip("transformers")
 IDS = ["gelu", "gelu_new", "gelu_tanh"]
 
 
 def hf_masked_lm(config):
     """A random BertForMaskedLM; LayerNorms and biases (the head's `cls.predictions.bias` too) randomised."""
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed; pip install the test extra")
     model = transformers.BertForMaskedLM(transformers.BertConfig(**config.to_hf(), attn_implementation="eager")).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -61,7 +61,7 @@ def test_against_hf_bert_for_masked_lm(tmp_path, config, impl):
 
 
 @pytest.mark.parametrize("config", TINY_CONFIGS, ids=IDS)
-def test_save_pretrained_loads_in_transformers_tied_with_same_logits(tmp_path, config):
+def test_save_pretrained_loads_in_transformers_tied_with_same_logits(tmp_path, config, transformers):
     ours = random_masked_lm(config)
     ours.save_pretrained(tmp_path)
     hf, info = transformers.BertForMaskedLM.from_pretrained(tmp_path, attn_implementation="eager", output_loading_info=True)

@@ -17,8 +17,6 @@ from minitransformers.peft.prompts import PrefixMLP, PrefixTable, add_prefix_tun
 from minitransformers.text.tokenizer import SPECIAL_TOKENS, add_bert_template, bert_pipeline
 from conftest import random_batch
 
-transformers = pytest.importorskip("transformers")
-peft = pytest.importorskip("peft")
 
 CONFIG = EncoderConfig(vocab_size=97, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=37, max_position_embeddings=24, type_vocab_size=3)
 N = 5  # virtual tokens
@@ -43,6 +41,8 @@ def hidden_states(model, ids, mask=None, types=None):
 
 def peft_bert(model, tmp_path, peft_config, impl="eager"):
     """`transformers.BertModel` loaded from our encoder's folder (saved before wrapping), wrapped by peft."""
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed; pip install the test extra")
+    peft = pytest.importorskip("peft", reason="peft is not installed; pip install the test extra")
     model.encoder.save_pretrained(tmp_path)
     hf = transformers.BertModel.from_pretrained(tmp_path, attn_implementation=impl).eval()
     return peft.get_peft_model(hf, peft_config).eval()
@@ -52,7 +52,7 @@ def peft_bert(model, tmp_path, peft_config, impl="eager"):
 # Against peft and transformers
 
 
-def test_prompt_tuning_matches_peft_over_all_positions(tmp_path):
+def test_prompt_tuning_matches_peft_over_all_positions(tmp_path, peft):
     ours = classifier()
     theirs = peft_bert(ours, tmp_path, peft.PromptTuningConfig(task_type="FEATURE_EXTRACTION", num_virtual_tokens=N))
     add_prompt_tuning(ours, N, init="random")
@@ -66,7 +66,7 @@ def test_prompt_tuning_matches_peft_over_all_positions(tmp_path):
     assert (hidden - expected).abs().max() <= 1e-5
 
 
-def test_prompt_has_token_type_0_and_the_real_tokens_keep_theirs(tmp_path):
+def test_prompt_has_token_type_0_and_the_real_tokens_keep_theirs(tmp_path, transformers):
     """Against BertModel given [P; E_word[x]] as inputs_embeds, types [0; s] and mask [1; m]."""
     ours = add_prompt_tuning(classifier(), N)
     remove_prompt_tuning(copy.deepcopy(ours)).encoder.save_pretrained(tmp_path)
@@ -79,7 +79,7 @@ def test_prompt_has_token_type_0_and_the_real_tokens_keep_theirs(tmp_path):
         assert (hidden_states(ours, ids, mask, types) - expected).abs().max() <= 1e-5
 
 
-def test_peft_classifier_pools_the_first_virtual_token_and_ours_the_real_cls(tmp_path):
+def test_peft_classifier_pools_the_first_virtual_token_and_ours_the_real_cls(tmp_path, transformers, peft):
     ours = classifier()
     ours.save_pretrained(tmp_path)
     hf = transformers.BertForSequenceClassification.from_pretrained(tmp_path, attn_implementation="eager").eval()
@@ -103,7 +103,7 @@ def tiny_tokenizer() -> Tokenizer:
 
 
 @pytest.mark.parametrize("text", ["great!", "the movie was a great film with plots"], ids=["repeated", "cut"])
-def test_text_init_picks_the_texts_rows_as_peft_does(tmp_path, text):
+def test_text_init_picks_the_texts_rows_as_peft_does(tmp_path, text, peft):
     ours, tok = classifier(), tiny_tokenizer()
     tok.save_pretrained(tmp_path)  # beside config.json, so that AutoTokenizer reads it
     theirs = peft_bert(ours, tmp_path, peft.PromptTuningConfig(task_type="FEATURE_EXTRACTION", num_virtual_tokens=N, prompt_tuning_init="TEXT", prompt_tuning_init_text=text, tokenizer_name_or_path=str(tmp_path)))
@@ -128,7 +128,7 @@ def test_vocab_init_copies_rows_of_the_word_embeddings_and_random_init_is_the_pa
 
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])
 @pytest.mark.parametrize("reparameterize", [False, True], ids=["table", "mlp"])
-def test_prefix_tuning_matches_peft(tmp_path, reparameterize, impl):
+def test_prefix_tuning_matches_peft(tmp_path, reparameterize, impl, peft):
     """peft passes the prefix as past_key_values, and BERT then gives the real tokens positions n … n+T−1; peft
     adds n to the position_ids it is given, so positions −n … T−n−1 bring them back to ours, 0 … T−1."""
     ours = classifier(dataclasses.replace(CONFIG, attn_impl=impl))

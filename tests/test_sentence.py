@@ -10,7 +10,6 @@ from minitransformers.cli import main
 from minitransformers.model import mean_pool
 from minitransformers.sentence import embed, search
 
-transformers = pytest.importorskip("transformers")
 
 TEXTS = ["A man is playing a guitar.", "The cat sleeps.", "Stock markets fell sharply on Monday after the report.", "Hi"]
 
@@ -22,7 +21,7 @@ def test_mean_pool_ignores_padding():
     assert torch.allclose(pooled[0], hidden[0, :2].mean(0)) and torch.allclose(pooled[1], hidden[1].mean(0))
 
 
-def test_embed_matches_transformers_mean_pooling_in_input_order(minilm_dir):
+def test_embed_matches_transformers_mean_pooling_in_input_order(minilm_dir, transformers):
     encoder, tok = Encoder.from_pretrained(minilm_dir), Tokenizer.from_pretrained(minilm_dir)
     ours = embed(encoder, tok, TEXTS, batch_size=2)  # batches are length-sorted inside; order must come back
     hf = transformers.BertModel.from_pretrained(minilm_dir).eval()

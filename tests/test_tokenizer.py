@@ -6,7 +6,6 @@ import torch
 from minitransformers import Tokenizer
 from minitransformers.text.tokenizer import SPECIAL_TOKENS, train_wordpiece
 
-transformers = pytest.importorskip("transformers")
 
 TEXTS = ["Héllo, World! Tokenization isn't trivial.", "A man is playing a guitar.", "unaffable 1234 ###"]
 PAIRS = ["Is it?", "Someone plays an instrument.", "x"]
@@ -17,7 +16,7 @@ def vocab_only_copy(minilm_dir, tmp_path):
     return tmp_path
 
 
-def test_matches_hf_tokenizer_on_singles_and_pairs(minilm_dir):
+def test_matches_hf_tokenizer_on_singles_and_pairs(minilm_dir, transformers):
     ours = Tokenizer.from_pretrained(minilm_dir)
     hf = transformers.AutoTokenizer.from_pretrained(minilm_dir)
     for pairs in (None, PAIRS):
@@ -63,7 +62,7 @@ def test_decode_inverts_encode_up_to_normalisation(minilm_dir):
     assert tok.decode(ids, skip_special_tokens=False).startswith("[CLS] the capital")
 
 
-def test_save_pretrained_round_trips_and_hf_reads_it(minilm_dir, tmp_path):
+def test_save_pretrained_round_trips_and_hf_reads_it(minilm_dir, tmp_path, transformers):
     tok = Tokenizer.from_pretrained(minilm_dir)
     tok.save_pretrained(tmp_path)
     again = Tokenizer.from_pretrained(tmp_path)
