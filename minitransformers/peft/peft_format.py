@@ -28,7 +28,7 @@ from torch import nn
 
 from ..io import hf
 from ..io.safetensors import load_file, save_file
-from .common import head_names, load_trainable_state_dict, mark_only_trainable
+from .common import head_names, in_head, load_trainable_state_dict, mark_only_trainable
 from .lora import LoRALinear, add_lora, is_lora, lora_layers, matches
 
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
@@ -151,13 +151,13 @@ def load_peft(model: nn.Module, path: str | Path) -> nn.Module:
     targets, names = config["target_modules"], hf_module_names(model)
     pick = (lambda n: re.fullmatch(targets, n) is not None) if isinstance(targets, str) else (lambda n: matches(n, targets))
     linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n in names]
-    chosen = [n for n in linear if pick(names[n]) and not n.startswith(head_names(model))]
+    chosen = [n for n in linear if pick(names[n]) and not in_head(n, head_names(model))]
     if not chosen:
         raise ValueError(f"{path / CONFIG_FILE}: target_modules {targets!r} match no Linear module of this model; its names "
                          f"as peft sees them: {[names[n] for n in linear][:6]}…")  # fmt: skip
     add_lora(model, config["r"], config["lora_alpha"], config.get("lora_dropout", 0.0), targets=chosen)
     head = tuple(n for n in head_names(model) if matches(names[n], config.get("modules_to_save") or []))
-    mark_only_trainable(model, lambda n: is_lora(n) or n.startswith(head), train_head=False)
+    mark_only_trainable(model, lambda n: is_lora(n) or in_head(n, head), train_head=False)
 
     weights = path / WEIGHTS_FILE
     found, keys, params = load_file(weights), peft_keys(model, head), dict(model.named_parameters())
