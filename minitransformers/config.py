@@ -1,8 +1,10 @@
-"""EncoderConfig: the hyperparameters of a BERT-family encoder, and their HF `config.json` form.
+"""The hyperparameters of each model family, and their HF `config.json` form.
 
-The fields follow Devlin et al. 2019, "BERT: Pre-training of Deep Bidirectional Transformers for Language
-Understanding" (Table/section 3: L layers, hidden size H, A heads, FFN size 4H). Field names are ours;
-`from_hf` / `to_hf` translate to and from the keys that `transformers.BertConfig` writes.
+EncoderConfig follows Devlin et al. 2019, "BERT: Pre-training of Deep Bidirectional Transformers for Language
+Understanding" (Table/section 3: L layers, hidden size H, A heads, FFN size 4H). DecoderConfig follows the Llama
+family (Touvron et al. 2023, "LLaMA", section 2.2: pre-normalisation with RMSNorm, SwiGLU, rotary embeddings;
+grouped-query attention from Ainslie et al. 2023). Field names are ours and shared where they mean the same
+thing; `from_hf` / `to_hf` translate to and from the keys that `transformers.BertConfig` / `LlamaConfig` write.
 """
 
 from __future__ import annotations
@@ -100,3 +102,76 @@ class EncoderConfig:
 
     def to_json(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_hf(), indent=2) + "\n", encoding="utf-8")
+
+
+# Our field name -> the HF LlamaConfig key.
+_LLAMA_KEYS = {
+    "vocab_size": "vocab_size",
+    "hidden_size": "hidden_size",
+    "num_layers": "num_hidden_layers",
+    "num_heads": "num_attention_heads",
+    "num_kv_heads": "num_key_value_heads",
+    "intermediate_size": "intermediate_size",
+    "max_position_embeddings": "max_position_embeddings",
+    "rms_norm_eps": "rms_norm_eps",
+    "tie_word_embeddings": "tie_word_embeddings",
+    "attention_dropout": "attention_dropout",
+}
+
+
+@dataclass
+class DecoderConfig:
+    """A Llama-family causal LM. Defaults: SmolLM2-135M (30 layers × 576, 9 heads sharing 3 key/value heads)."""
+
+    vocab_size: int = 49152
+    hidden_size: int = 576
+    num_layers: int = 30
+    num_heads: int = 9
+    num_kv_heads: int = 3  # grouped-query attention: num_heads / num_kv_heads query heads share each K/V head
+    intermediate_size: int = 1536
+    max_position_embeddings: int = 8192
+    rope_theta: float = 100000.0  # the base of the rotary frequencies θ_i = base^(−2i/d)
+    rms_norm_eps: float = 1e-5
+    tie_word_embeddings: bool = True  # the output layer is the embedding matrix (Press & Wolf 2017)
+    attention_dropout: float = 0.0
+    attn_impl: str = "sdpa"  # "sdpa" (fast) or "eager" (explicit softmax); not part of config.json
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}; each K/V head serves a whole group of query heads")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim {self.head_dim} is odd; rotary embeddings rotate pairs of dimensions")
+        if self.attn_impl not in ("sdpa", "eager"):
+            raise ValueError(f"attn_impl {self.attn_impl!r} is not supported; use 'sdpa' or 'eager'")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @classmethod
+    def from_hf(cls, hf: dict, **overrides) -> DecoderConfig:
+        """Build from an HF Llama config dict (transformers 4's `rope_theta` or 5's `rope_parameters`)."""
+        if hf.get("model_type", "llama") != "llama":
+            raise ValueError(f"model_type {hf.get('model_type')!r} is not supported; DecoderConfig reads Llama configs ('llama')")
+        missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size") if k not in hf]
+        if missing:
+            raise ValueError(f"HF config lacks {missing}; is this a Llama config.json?")
+        rope = hf.get("rope_parameters") or {"rope_type": "default", "rope_theta": hf.get("rope_theta", 10000.0)}
+        if rope.get("rope_type", "default") != "default" or hf.get("rope_scaling"):
+            raise ValueError(f"rope {rope.get('rope_type')!r} / rope_scaling {hf.get('rope_scaling')} is not supported; only the plain rotary embedding ('default') is")
+        for key, supported in (("hidden_act", "silu"), ("attention_bias", False), ("mlp_bias", False)):
+            if hf.get(key, supported) != supported:
+                raise ValueError(f"{key} {hf[key]!r} is not supported; the Llama decoder here has {key} {supported!r}")
+        if hf.get("head_dim") not in (None, hf["hidden_size"] // hf["num_attention_heads"]):
+            raise ValueError(f"head_dim {hf['head_dim']} is not hidden_size / num_attention_heads; not supported")
+        kwargs = {ours: hf[theirs] for ours, theirs in _LLAMA_KEYS.items() if hf.get(theirs) is not None}
+        kwargs.setdefault("num_kv_heads", kwargs["num_heads"])
+        return cls(**{**kwargs, "rope_theta": float(rope["rope_theta"]), **overrides})
+
+    def to_hf(self) -> dict:
+        """The dict `transformers.LlamaConfig` reads (model_type "llama")."""
+        hf = {theirs: getattr(self, ours) for ours, theirs in _LLAMA_KEYS.items()}
+        return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu", "head_dim": self.head_dim,
+                "attention_bias": False, "mlp_bias": False, "rope_theta": self.rope_theta, **hf}  # fmt: skip

@@ -52,33 +52,47 @@ class SelfAttention(nn.Module):
 
     The forward pass is three steps, so that a method or a model family overrides only the one it changes:
 
-        project(x)            x -> Q, K, V, split into heads       (rotary embeddings, GQA and a KV cache go here)
+        project(x)            x -> Q, K, V, split into heads       (rotary embeddings and a KV cache go here)
         attend(q, k, v, bias) softmax(Q Kᵀ / √d + bias) V           (prefix tuning prepends its keys and values here)
         output(y)             heads concatenated, then W_O
+
+    Grouped-query attention (Ainslie et al. 2023, "GQA", section 2.2): with num_kv_heads < num_heads, K and V have
+    num_kv_heads heads, each shared by num_heads / num_kv_heads query heads (`attend` repeats them). The encoder
+    has num_kv_heads = num_heads, plain multi-head attention.
     """
 
-    def __init__(self, config: EncoderConfig):
+    def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int | None = None, bias: bool = True, dropout: float = 0.0, impl: str = "sdpa"):
         super().__init__()
-        H = config.hidden_size
-        self.num_heads, self.head_dim = config.num_heads, config.head_dim
-        self.query, self.key, self.value = nn.Linear(H, H), nn.Linear(H, H), nn.Linear(H, H)
-        self.out = nn.Linear(H, H)
-        self.dropout_p = config.attention_dropout
-        self.impl = config.attn_impl
+        self.num_heads, self.num_kv_heads = num_heads, num_kv_heads or num_heads
+        self.head_dim = hidden_size // num_heads
+        H, hd = hidden_size, self.head_dim
+        self.query = nn.Linear(H, self.num_heads * hd, bias=bias)
+        self.key = nn.Linear(H, self.num_kv_heads * hd, bias=bias)
+        self.value = nn.Linear(H, self.num_kv_heads * hd, bias=bias)
+        self.out = nn.Linear(self.num_heads * hd, H, bias=bias)
+        self.dropout_p = dropout
+        self.impl = impl
+
+    @classmethod
+    def for_encoder(cls, config: EncoderConfig) -> SelfAttention:
+        return cls(config.hidden_size, config.num_heads, dropout=config.attention_dropout, impl=config.attn_impl)
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
-        return x.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        return x.view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, heads, T, hd)
 
     def project(self, x: torch.Tensor, packing: Packing | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x (B, T, H), or (N, H) real tokens with their `packing` (unpad.py) -> q, k, v (B, nh, T, hd)."""
+        """x (B, T, H), or (N, H) real tokens with their `packing` (unpad.py) -> q (B, nh, T, hd), k, v (B, nkv, T, hd)."""
         q, k, v = self.query(x), self.key(x), self.value(x)
         if packing is not None:  # attention needs each sequence's tokens side by side: re-pad
             q, k, v = packing.unpack(q), packing.unpack(k), packing.unpack(v)  # (B, T, H)
         return self.split_heads(q), self.split_heads(k), self.split_heads(v)  # (B, nh, T, hd)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """q (B, nh, T, hd), k, v (B, nh, S, hd), bias broadcastable to (B, nh, T, S) -> (B, nh, T, hd)."""
+        """q (B, nh, T, hd), k, v (B, nkv, S, hd), bias broadcastable to (B, nh, T, S) -> (B, nh, T, hd)."""
+        if k.size(1) != q.size(1):  # GQA: each K/V head serves a group of query heads
+            group = q.size(1) // k.size(1)
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # (B, nh, S, hd)
         return ATTENTION[self.impl](q, k, v, bias, self.dropout_p, self.training)
 
     def output(self, y: torch.Tensor, packing: Packing | None = None) -> torch.Tensor:

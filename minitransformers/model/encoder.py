@@ -69,7 +69,7 @@ class FeedForward(nn.Module):
 class EncoderLayer(nn.Module):
     def __init__(self, config: EncoderConfig):
         super().__init__()
-        self.attention = SelfAttention(config)
+        self.attention = SelfAttention.for_encoder(config)
         self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.ffn = FeedForward(config)
         self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -148,7 +148,7 @@ class Encoder(nn.Module):
                 if attention % a.head_dim:
                     raise ValueError(f"query has {attention} rows, not a whole number of heads of size {a.head_dim}")
                 a.query, a.key, a.value, a.out = nn.Linear(H, attention), nn.Linear(H, attention), nn.Linear(H, attention), nn.Linear(attention, H)
-                a.num_heads = attention // a.head_dim
+                a.num_heads = a.num_kv_heads = attention // a.head_dim
             if ffn is not None and ffn != layer.ffn.up.out_features:
                 layer.ffn.up, layer.ffn.down = nn.Linear(H, ffn), nn.Linear(ffn, H)
         return self

@@ -1,0 +1,51 @@
+"""The causal language model: the decoder (decoder.py) and its output layer, next-token logits (B, T, V).
+
+Radford et al. 2018 (GPT), section 3.1: maximise Σ_t log P(x_t | x_<t), P = softmax(h_L[t − 1] W_outᵀ). With
+`tie_word_embeddings` the output matrix is the embedding E itself (Press & Wolf 2017), one Parameter used twice,
+as in SmolLM2; otherwise `lm_head` has its own weight (Llama 2, Llama 3 8B).
+
+For PEFT and quantization, as the other task models: `modules_to_save` is empty (a language model has no new
+head; peft's CAUSAL_LM task saves none either), and `tied_weights` names the tie, which no method may quantize,
+wrap or untie. Loading and saving: io/llama.py reads `transformers`' LlamaForCausalLM folders and llama.cpp's
+GGUF files.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import DecoderConfig
+from .decoder import Decoder
+
+class CausalLM(nn.Module):
+    """Decoder -> lm_head: logits (B, T, V), as `transformers`' LlamaForCausalLM (`model.*` is our `decoder`)."""
+
+    modules_to_save = ()
+
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        self.config = config
+        self.decoder = Decoder(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.decoder.embed.weight  # E (V, H): the embedding's own Parameter
+        else:
+            Decoder._init_weights(self.lm_head)
+
+    @property
+    def tied_weights(self) -> dict[str, str]:
+        return {"lm_head.weight": "decoder.embed.weight"} if self.config.tie_word_embeddings else {}
+
+    def tie_weights(self) -> None:
+        """Make lm_head's weight the embedding Parameter again (after anything that replaced a Parameter object)."""
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.decoder.embed.weight
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, caches=None, cache_position=None, inputs_embeds=None, logits_to_keep: int = 0) -> torch.Tensor:
+        """-> logits (B, T, V), or of the last `logits_to_keep` positions only (B, k, V): generation needs the
+        last one, and the vocabulary projection is the largest matmul of a small model."""
+        hidden = self.decoder(input_ids, attention_mask, position_ids, caches, cache_position, inputs_embeds)  # (B, T, H)
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]  # (B, k, H)
+        return self.lm_head(hidden)
