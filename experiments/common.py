@@ -1,5 +1,6 @@
-"""What the experiments share: their options, naming the device, running many `finetune` jobs at once, picking the
-learning rate and averaging over seeds, and their tables' accuracy deltas."""
+"""What the experiments share: their options, naming the device, running many `finetune` jobs at once, writing a
+config's fields as the flags that set them, picking the learning rate and averaging over seeds, and their tables'
+accuracy deltas."""
 
 from __future__ import annotations
 
@@ -11,8 +12,7 @@ from pathlib import Path
 
 import torch
 
-from minitransformers.cli import build_parser
-from minitransformers.train.finetune import finetune
+from minitransformers.recipes import finetune
 
 
 def device_name(device: str) -> str:
@@ -36,17 +36,25 @@ def experiment_parser(doc: str, profiles: dict, workers: int) -> argparse.Argume
     return parser
 
 
-def run_finetune(argv: list[str]) -> dict:
-    """One fine-tuning run, in a worker process (the `spawn` start method, as CUDA requires)."""
-    return finetune(build_parser().parse_args(argv))
-
-
-def run_all(argvs: list[list[str]], workers: int) -> list[dict]:
-    """Every `finetune` argv, `workers` processes at a time; the metrics in the order given. A small model
-    leaves a GPU mostly idle, each run being bound by its Python loop, so several share it well. Each run gets
-    a fresh process, so that its peak memory (the process's peak RSS on a CPU) is its own."""
+def run_all(configs: list[finetune.FinetuneConfig], workers: int) -> list[dict]:
+    """Every `finetune` config, `workers` processes at a time (the `spawn` start method, as CUDA requires); the
+    metrics in the order given. A small model leaves a GPU mostly idle, each run being bound by its Python loop,
+    so several share it well. Each run gets a fresh process, so that its peak memory (the process's peak RSS on
+    a CPU) is its own."""
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1) as pool:
-        return list(pool.map(run_finetune, argvs))
+        return list(pool.map(finetune.run, configs))
+
+
+def flags(fields: dict) -> list[str]:
+    """Config fields (numbers and strings) as the command-line flags that set them, for the reports: {"max_length": 64, "lr": 1e-4} ->
+    ["--max-length", "64", "--lr", "1e-4"]; a float is written in scientific notation, as learning rates are."""
+    def value(v) -> str:
+        if not isinstance(v, float):
+            return str(v)
+        mantissa, exponent = f"{v:e}".split("e")
+        return f"{float(mantissa):g}e{int(exponent)}"
+
+    return [s for k, v in fields.items() for s in (f"--{k.replace('_', '-')}", value(v))]
 
 
 def points_vs(row: dict, acc: dict[str, float], baseline: str) -> str:

@@ -20,14 +20,13 @@ from pathlib import Path
 
 import torch
 
-from minitransformers.cli import build_parser
+from minitransformers.recipes import finetune
 from minitransformers.text.sources import data_dir
-from minitransformers.train.finetune import finetune
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PROFILES = {
-    "quick": ["--max-train-examples", "5000", "--epochs", "1", "--max-length", "64"],
-    "full": ["--epochs", "3", "--max-length", "128"],
+PROFILES = {  # FinetuneConfig fields
+    "quick": {"max_train_examples": 5000, "epochs": 1, "max_length": 64},
+    "full": {"epochs": 3, "max_length": 128},
 }
 
 
@@ -39,9 +38,9 @@ def main() -> None:
     args = parser.parse_args()
 
     out = Path("runs") / f"finetune_sentiment_{args.profile}"
-    argv = ["finetune", "--model", str(data_dir("minilm")), "--data", "sentiment", "--out", str(out), "--lr", "5e-5", "--batch-size", "32",
-            "--device", args.device, "--precision", args.precision, *PROFILES[args.profile]]  # fmt: skip
-    metrics = finetune(build_parser().parse_args(argv))
+    config = finetune.FinetuneConfig(model=str(data_dir("minilm")), data="sentiment", out=str(out), lr=5e-5, batch_size=32,
+                                     device=args.device, precision=args.precision, **PROFILES[args.profile])  # fmt: skip
+    metrics = finetune.run(config)
 
     metrics["device_name"] = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
     metrics["torch"] = torch.__version__

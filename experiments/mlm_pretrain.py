@@ -27,20 +27,19 @@ from pathlib import Path
 
 import torch
 
-from minitransformers.cli import build_parser
 from minitransformers.config import EncoderConfig
 from minitransformers.model import Encoder
+from minitransformers.recipes import finetune, pretrain
 from minitransformers.text.sources import data_dir, is_fetched
 from minitransformers.text.tokenizer import Tokenizer
-from minitransformers.train.pretrain import pretrain
 
-from common import device_name, reference_name, run_all
+from common import device_name, flags, reference_name, run_all
 
 RESULTS = Path(__file__).resolve().parent / "results"
-FINETUNE = ["--pooling", "mean", "--lr", "1e-4"]  # a small encoder takes a larger step than BERT-base's 2e-5 to 5e-5
-PROFILES = {
-    "quick": {"steps": 150, "batch": 32, "seeds": [0], "train_examples": [2000], "finetune": [*FINETUNE, "--epochs", "1", "--max-length", "64"]},
-    "full": {"steps": 16000, "batch": 128, "seeds": [0, 1, 2], "train_examples": [0, 1000], "finetune": [*FINETUNE, "--epochs", "3", "--max-length", "128"]},
+FINETUNE = {"pooling": "mean", "lr": 1e-4}  # a small encoder takes a larger step than BERT-base's 2e-5 to 5e-5
+PROFILES = {  # "finetune": FinetuneConfig fields
+    "quick": {"steps": 150, "batch": 32, "seeds": [0], "train_examples": [2000], "finetune": {**FINETUNE, "epochs": 1, "max_length": 64}},
+    "full": {"steps": 16000, "batch": 128, "seeds": [0, 1, 2], "train_examples": [0, 1000], "finetune": {**FINETUNE, "epochs": 3, "max_length": 128}},
 }
 
 
@@ -87,14 +86,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", help="fine-tuning seeds (default: the profile's)")
     args = parser.parse_args()
     profile, root = PROFILES[args.profile], Path("runs") / f"mlm_pretrain_{args.profile}"
-    common = ["--device", args.device, "--precision", args.precision]
+    common = {"device": args.device, "precision": args.precision}
 
     mlm = args.pretrained or root / "mlm"
     if args.pretrained:
         pretrained = json.loads((mlm / "metrics.json").read_text())
     else:
-        pretrained = pretrain(build_parser().parse_args(["pretrain", "--size", "small", "--steps", str(profile["steps"]), "--batch-size", str(profile["batch"]),
-                                                        "--eval-every", str(max(1, profile["steps"] // 5)), "--out", str(mlm), *common]))  # fmt: skip
+        pretrained = pretrain.run(pretrain.PretrainConfig(size="small", steps=profile["steps"], batch_size=profile["batch"],
+                                                          eval_every=max(1, profile["steps"] // 5), out=str(mlm), **common))  # fmt: skip
     loss = curves(mlm)
     random_init = root / "random_init"  # the same architecture and tokenizer, never trained
     torch.manual_seed(0)
@@ -105,12 +104,12 @@ def main() -> None:
     if is_fetched("minilm"):  # the reference row; its 90 MB do not travel to every machine
         starts.append((reference_name(data_dir("minilm")), data_dir("minilm")))
     seeds = args.seeds or profile["seeds"]  # a seed draws the head, the data order and dropout
-    jobs = [  # (start, labelled examples, seed) -> finetune's argv
-        ((name, n, seed), ["finetune", "--model", str(model), "--data", "sentiment", "--out", str(root / f"ft_{model.name}_n{n}_seed{seed}"),
-                           "--seed", str(seed), "--max-train-examples", str(n), *common, *profile["finetune"]])
+    jobs = [  # (start, labelled examples, seed) -> finetune's config
+        ((name, n, seed), finetune.FinetuneConfig(model=str(model), data="sentiment", out=str(root / f"ft_{model.name}_n{n}_seed{seed}"),
+                                                  seed=seed, max_train_examples=n, **common, **profile["finetune"]))
         for name, model in starts for n in profile["train_examples"] for seed in seeds
     ]  # fmt: skip
-    results = dict(zip((key for key, _ in jobs), run_all([argv for _, argv in jobs], len(jobs) if args.device.startswith("cuda") else 1)))
+    results = dict(zip((key for key, _ in jobs), run_all([config for _, config in jobs], len(jobs) if args.device.startswith("cuda") else 1)))
     rows = []
     for name, _ in starts:
         for n in profile["train_examples"]:
@@ -121,7 +120,7 @@ def main() -> None:
                          "validation_accuracy": sum(r["validation_accuracy"] for r in runs) / len(runs)})  # fmt: skip
 
     device = device_name(args.device)
-    report = {"profile": args.profile, "pretrained_from": str(args.pretrained) if args.pretrained else None, "finetune_args": profile["finetune"], "pretraining": pretrained, "loss": loss, "finetune": rows, "device_name": device, "torch": torch.__version__}
+    report = {"profile": args.profile, "pretrained_from": str(args.pretrained) if args.pretrained else None, "finetune_args": flags(profile["finetune"]), "pretraining": pretrained, "loss": loss, "finetune": rows, "device_name": device, "torch": torch.__version__}
     RESULTS.mkdir(parents=True, exist_ok=True)
     report["png"] = plot(loss, pretrained["unigram_entropy"], RESULTS / f"mlm_pretrain_{args.profile}.png")
     path = RESULTS / "mlm_pretrain.json"  # one entry per profile; the markdown is rendered from it

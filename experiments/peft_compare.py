@@ -24,9 +24,10 @@ from pathlib import Path
 import torch
 
 from minitransformers.peft.methods import METHODS as ALL_METHODS
+from minitransformers.recipes.finetune import FinetuneConfig
 from minitransformers.text.sources import data_dir
 
-from common import best_on_validation, device_name, experiment_parser, over_seeds, points_vs, reference_name, run_all
+from common import best_on_validation, device_name, experiment_parser, flags, over_seeds, points_vs, reference_name, run_all
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = tuple(m for m in ALL_METHODS if m != "qlora")  # QLoRA, a quantized base, has its own experiment: qlora.py
@@ -40,19 +41,18 @@ LR_GRID = {  # around what each paper used with AdamW-like optimisers; the third
     "prompt": [3e-3, 1e-2, 3e-2, 1e-1],  # Lester et al.: 0.3 with Adafactor
     "prefix": [1e-4, 3e-4, 1e-3, 3e-3],  # Li & Liang: 5e-5 to 8e-5 for GPT-2 generation, through the MLP
 }
-PROFILES = {
-    "quick": {"lrs": slice(2, 3), "seeds": [0], "finetune": ["--max-train-examples", "1000", "--epochs", "1", "--max-length", "64"]},
-    "full": {"lrs": slice(0, 4), "seeds": [0, 1, 2], "finetune": ["--epochs", "4", "--max-length", "128"]},
+PROFILES = {  # "finetune": FinetuneConfig fields
+    "quick": {"lrs": slice(2, 3), "seeds": [0], "finetune": {"max_train_examples": 1000, "epochs": 1, "max_length": 64}},
+    "full": {"lrs": slice(0, 4), "seeds": [0, 1, 2], "finetune": {"epochs": 4, "max_length": 128}},
 }
 def train(root: Path, base: Path, jobs: list[tuple[str, float, int]], args, workers: int) -> list[dict]:
     """Fine-tune each (method, lr, seed) from `base`; -> one row of KEPT metrics per job."""
-    argvs = [
-        ["finetune", "--model", str(base), "--data", "sentiment", "--out", str(root / f"{method}_lr{lr:g}_seed{seed}"), "--method", method,
-         "--lr", str(lr), "--seed", str(seed), "--pooling", "mean", "--batch-size", "32", "--device", args.device, "--precision", args.precision,
-         *PROFILES[args.profile]["finetune"]]
+    configs = [
+        FinetuneConfig(model=str(base), data="sentiment", out=str(root / f"{method}_lr{lr:g}_seed{seed}"), method=method, lr=lr, seed=seed,
+                       pooling="mean", batch_size=32, device=args.device, precision=args.precision, **PROFILES[args.profile]["finetune"])
         for method, lr, seed in jobs
     ]  # fmt: skip
-    return [{"method": method, "lr": lr, "seed": seed, **{k: m[k] for k in KEPT}} for (method, lr, seed), m in zip(jobs, run_all(argvs, workers))]
+    return [{"method": method, "lr": lr, "seed": seed, **{k: m[k] for k in KEPT}} for (method, lr, seed), m in zip(jobs, run_all(configs, workers))]
 
 
 KEPT = ("trainable_parameters", "total_parameters", "trainable_percent", "test_accuracy", "validation_accuracy", "train_seconds", "peak_memory_mb", "saved_bytes")
@@ -88,7 +88,7 @@ def main() -> None:
     runs += train(root, base, [(method, chosen[method]["lr"], seed) for method in args.methods for seed in more], args, workers)
     rows = [over_seeds(runs, chosen[method], "method") for method in args.methods]
 
-    report = {"profile": args.profile, "model": reference_name(base), "finetune_args": profile["finetune"], "rows": rows,
+    report = {"profile": args.profile, "model": reference_name(base), "finetune_args": flags(profile["finetune"]), "rows": rows,
               "runs": runs, "device_name": device_name(args.device), "torch": torch.__version__}  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
     report["png"] = plot(report["rows"], RESULTS / f"peft_compare_{args.profile}.png")

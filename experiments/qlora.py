@@ -41,24 +41,26 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from minitransformers.model import SequenceClassifier
+from minitransformers.peft.lora import LoRAConfig
 from minitransformers.peft.methods import apply_method
-from minitransformers.peft.qlora import ALL_LINEAR, base_memory
+from minitransformers.peft.qlora import ALL_LINEAR, QLoRAConfig, base_memory
+from minitransformers.recipes.finetune import FinetuneConfig
 from minitransformers.text.sources import data_dir
 
-from common import best_on_validation, device_name, experiment_parser, over_seeds, points_vs, reference_name, run_all
+from common import best_on_validation, device_name, experiment_parser, flags, over_seeds, points_vs, reference_name, run_all
 
 RESULTS = Path(__file__).resolve().parent / "results"
-LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "targets": list(ALL_LINEAR)}
-VARIANTS = {  # name -> (method, options, finetune flags, learning-rate grid: the second runs in the quick profile)
-    "full": ("full", {}, [], [5e-5, 1e-4, 2e-4]),
-    "lora": ("lora", LORA, ["--lora-targets", *ALL_LINEAR], [5e-4, 1e-3, 2e-3]),
-    "qlora": ("qlora", {**LORA, "double_quant": True}, [], [5e-4, 1e-3, 2e-3]),
-    "qlora_no_dq": ("qlora", {**LORA, "double_quant": False}, ["--no-double-quant"], [5e-4, 1e-3, 2e-3]),
-    "qlora_checkpointing": ("qlora", {**LORA, "double_quant": True}, ["--gradient-checkpointing"], [5e-4, 1e-3, 2e-3]),
+LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "targets": ALL_LINEAR}
+VARIANTS = {  # name -> (method, its options, other FinetuneConfig fields, learning-rate grid: the second runs in the quick profile)
+    "full": ("full", None, {}, [5e-5, 1e-4, 2e-4]),
+    "lora": ("lora", LoRAConfig(**LORA), {}, [5e-4, 1e-3, 2e-3]),
+    "qlora": ("qlora", QLoRAConfig(**LORA, double_quant=True), {}, [5e-4, 1e-3, 2e-3]),
+    "qlora_no_dq": ("qlora", QLoRAConfig(**LORA, double_quant=False), {}, [5e-4, 1e-3, 2e-3]),
+    "qlora_checkpointing": ("qlora", QLoRAConfig(**LORA, double_quant=True), {"gradient_checkpointing": True}, [5e-4, 1e-3, 2e-3]),
 }
-PROFILES = {
-    "quick": {"lrs": slice(1, 2), "seeds": [0], "max_length": 64, "finetune": ["--max-train-examples", "1000", "--epochs", "1"]},
-    "full": {"lrs": slice(0, 3), "seeds": [0, 1, 2], "max_length": 128, "finetune": ["--epochs", "4"]},
+PROFILES = {  # "finetune": FinetuneConfig fields
+    "quick": {"lrs": slice(1, 2), "seeds": [0], "max_length": 64, "finetune": {"max_train_examples": 1000, "epochs": 1}},
+    "full": {"lrs": slice(0, 3), "seeds": [0, 1, 2], "max_length": 128, "finetune": {"epochs": 4}},
 }
 KEPT = ("trainable_parameters", "test_accuracy", "validation_accuracy", "train_seconds", "peak_memory_mb", "saved_bytes")
 
@@ -110,9 +112,9 @@ def tensor_bytes(tensors) -> int:
 
 
 def build(base: Path, variant: str) -> SequenceClassifier:
-    method, options, flags, _ = VARIANTS[variant]
+    method, options, fields, _ = VARIANTS[variant]
     model = apply_method(SequenceClassifier.from_encoder(base, 2, pooling="mean"), method, options)
-    model.encoder.gradient_checkpointing = "--gradient-checkpointing" in flags
+    model.encoder.gradient_checkpointing = fields.get("gradient_checkpointing", False)
     return model
 
 
@@ -168,13 +170,13 @@ def memory(base: Path, variant: str, device: torch.device, precision: str, max_l
 def train(root: Path, base: Path, jobs: list[tuple[str, float, int]], args, workers: int) -> list[dict]:
     """Fine-tune each (variant, lr, seed) from `base`; -> one row of KEPT metrics per job."""
     profile = PROFILES[args.profile]
-    argvs = [
-        ["finetune", "--model", str(base), "--data", "sentiment", "--out", str(root / f"{variant}_lr{lr:g}_seed{seed}"), "--method", VARIANTS[variant][0],
-         *VARIANTS[variant][2], "--lr", str(lr), "--seed", str(seed), "--pooling", "mean", "--batch-size", "32", "--device", args.device,
-         "--precision", args.precision, "--max-length", str(profile["max_length"]), *profile["finetune"]]
+    configs = [
+        FinetuneConfig(model=str(base), data="sentiment", out=str(root / f"{variant}_lr{lr:g}_seed{seed}"), method=VARIANTS[variant][0],
+                       method_options=VARIANTS[variant][1], **VARIANTS[variant][2], lr=lr, seed=seed, pooling="mean", batch_size=32, device=args.device,
+                       precision=args.precision, max_length=profile["max_length"], **profile["finetune"])
         for variant, lr, seed in jobs
     ]  # fmt: skip
-    return [{"variant": variant, "lr": lr, "seed": seed, **{k: m[k] for k in KEPT}} for (variant, lr, seed), m in zip(jobs, run_all(argvs, workers))]
+    return [{"variant": variant, "lr": lr, "seed": seed, **{k: m[k] for k in KEPT}} for (variant, lr, seed), m in zip(jobs, run_all(configs, workers))]
 
 
 def main() -> None:
@@ -192,7 +194,7 @@ def main() -> None:
     rows = [{**over_seeds(runs, chosen[v], "variant"), **measured[v]} for v in args.variants]
 
     report = {"profile": args.profile, "model": reference_name(base), "max_length": profile["max_length"],
-              "finetune_args": ["--max-length", str(profile["max_length"]), *profile["finetune"]],
+              "finetune_args": flags({"max_length": profile["max_length"], **profile["finetune"]}),
               "precision": args.precision, "rows": rows, "runs": runs, "device_name": device_name(args.device), "torch": torch.__version__}  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "qlora.json"  # one entry per profile; the markdown is rendered from it

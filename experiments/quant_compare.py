@@ -28,14 +28,10 @@ from pathlib import Path
 
 import torch
 
-from minitransformers.cli import build_parser
 from minitransformers.model import SequenceClassifier
 from minitransformers.quant import METHODS, kmeans_quantize, quantize_nf4, quantize_uniform
-from minitransformers.quant.command import quantize
+from minitransformers.recipes import compress, evaluate, finetune, quantize
 from minitransformers.text.sources import data_dir
-from minitransformers.train.compress import compress
-from minitransformers.train.evaluate import evaluate
-from minitransformers.train.finetune import finetune
 
 from common import device_name
 from finetune_sentiment import PROFILES as FINETUNE_PROFILES
@@ -48,7 +44,7 @@ WEIGHT_ERRORS = {  # the 4-bit formats at about the same bits per weight (4.25, 
     "kmeans4 (per layer)": lambda w: kmeans_quantize(w, 4),
 }
 
-DEEP_COMPRESSION = {"quick": ["--max-train-examples", "1000"], "full": []}  # `compress` flags; its defaults otherwise
+DEEP_COMPRESSION = {"quick": {"max_train_examples": 1000}, "full": {}}  # CompressConfig fields; its defaults otherwise
 
 
 def main() -> None:
@@ -61,25 +57,23 @@ def main() -> None:
     root = Path("runs") / f"quant_compare_{args.profile}"
     model = args.model or Path("runs") / f"finetune_sentiment_{args.profile}"
     if not (model / "model.safetensors").is_file():
-        finetune(build_parser().parse_args(["finetune", "--model", str(data_dir("minilm")), "--data", "sentiment", "--out", str(model),
-                                            "--device", "cpu", *FINETUNE_PROFILES[args.profile]]))  # fmt: skip
+        finetune.run(finetune.FinetuneConfig(model=str(data_dir("minilm")), data="sentiment", out=str(model), device="cpu", **FINETUNE_PROFILES[args.profile]))
 
     def score(folder: Path) -> dict:
-        return evaluate(build_parser().parse_args(["evaluate", "--model", str(folder), "--data", "sentiment", "--device", "cpu"]))
+        return evaluate.run(evaluate.EvaluateConfig(model=str(folder), data="sentiment", device="cpu"))
 
     fp32 = score(model)
     rows = [{"method": "fp32", "bits_per_weight": 32.0, "folder_bytes": (model / "model.safetensors").stat().st_size, **pick(fp32)}]
     for method in args.methods:
         out = root / method.replace(":", "_")
-        report = quantize(build_parser().parse_args(["quantize", "--model", str(model), "--method", method, "--out", str(out)]))
+        report = quantize.run(quantize.QuantizeConfig(model=str(model), method=method, out=str(out)))
         rows.append({"method": method, "bits_per_weight": report["bits_per_weight"], "folder_bytes": report["folder_bytes"], **pick(score(out))})
         print(f"{method}: accuracy {rows[-1]['accuracy']:.4f}, {report['bits_per_weight']:.2f} bits per weight")
 
     deep = None
     if not args.no_deep_compression:
         out = root / "deep_compression"
-        deep = compress(build_parser().parse_args(["compress", "--model", str(model), "--data", "sentiment", "--out", str(out), "--device", "cpu",
-                                                   *DEEP_COMPRESSION[args.profile]]))  # fmt: skip
+        deep = compress.run(compress.CompressConfig(model=str(model), data="sentiment", out=str(out), device="cpu", **DEEP_COMPRESSION[args.profile]))
         bits = deep["compression"]["total"]
         rows.append({"method": "deep compression", "bits_per_weight": bits["huffman"] / bits["weights"],
                      "folder_bytes": (out / "quantized.safetensors").stat().st_size, **pick(score(out))})  # fmt: skip

@@ -1,6 +1,7 @@
 """Run every experiment in turn (`make experiment`; `PROFILE=full make experiment` for the long profiles).
 Each writes its report to experiments/results/."""
 
+import argparse
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ EXPERIMENTS = [
     ["quant_compare.py", "--profile", PROFILE],
 ]
 
+argparse.ArgumentParser(description=__doc__).parse_args()  # no options; --help describes the run
 for script, *args in EXPERIMENTS:
     print(f"== {script} {' '.join(args)}", flush=True)
     subprocess.run([sys.executable, str(HERE / script), *args], check=True)

@@ -5,12 +5,35 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import fields
 
 import torch
 
+from .recipes import default_device
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+
+def config_from(cls, args: argparse.Namespace, **converted):
+    """A recipe's config dataclass `cls` from its command's parsed arguments: each field from the argument of
+    the same name, except the `converted` ones, which the caller gives (flags that do not map one to one, such
+    as --no-bucket). Each recipe command is `recipes.<name>.run(config_from(...))`."""
+    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if f.name not in converted}, **converted)
+
+
+def method_options(args: argparse.Namespace):
+    """--method's flags as the method's options dataclass (peft.methods.METHOD_CONFIGS), None for a method
+    without options; a flag left unset (None) takes the dataclass's default, e.g. each method's own targets."""
+    from .peft.methods import METHOD_CONFIGS
+
+    cls = METHOD_CONFIGS[args.method]
+    if cls is None:
+        return None
+    flags = {
+        "r": args.lora_r, "alpha": args.lora_alpha, "dropout": args.lora_dropout, "targets": tuple(args.lora_targets) if args.lora_targets else None,
+        "double_quant": not args.no_double_quant, "reduction_factor": args.reduction_factor, "train_layernorm": args.adapter_layernorm,
+        "num_virtual_tokens": args.num_virtual_tokens, "init": args.prompt_init, "init_text": args.prompt_init_text,
+        "reparameterize": not args.no_prefix_projection,
+    }  # fmt: skip
+    return cls(**{f.name: flags[f.name] for f in fields(cls) if flags.get(f.name) is not None})
 
 
 def cmd_fetch(args) -> None:
@@ -58,24 +81,25 @@ def read_texts(args) -> list[str]:
 
 
 def cmd_finetune(args) -> None:
-    from .train.finetune import finetune
+    from .recipes import finetune
 
-    metrics = finetune(args)
+    config = config_from(finetune.FinetuneConfig, args, bucket=not args.no_bucket, method_options=method_options(args))
+    metrics = finetune.run(config)
     if args.json and metrics:
         print(json.dumps(metrics))
 
 
 def cmd_quantize(args) -> None:
-    from .quant.command import quantize
+    from .recipes import quantize
 
-    report = quantize(args)
+    report = quantize.run(config_from(quantize.QuantizeConfig, args, skip=tuple(args.skip)))
     print(json.dumps(report) if args.json else "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in report.items()))
 
 
 def cmd_compress(args) -> None:
-    from .train.compress import compress
+    from .recipes import compress
 
-    report = compress(args)
+    report = compress.run(config_from(compress.CompressConfig, args))
     if args.json:
         print(json.dumps(report))
         return
@@ -87,15 +111,15 @@ def cmd_compress(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from .train.evaluate import evaluate
+    from .recipes import evaluate
 
-    metrics = evaluate(args)
+    metrics = evaluate.run(config_from(evaluate.EvaluateConfig, args))
     print(json.dumps(metrics) if args.json else "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
 
 
 def cmd_predict(args) -> None:
+    from .recipes.evaluate import load_model
     from .text.tokenizer import Tokenizer
-    from .train.evaluate import load_model
 
     model = load_model(args.model).to(args.device).eval()
     tokenizer = Tokenizer.from_pretrained(args.model)
@@ -110,9 +134,9 @@ def cmd_predict(args) -> None:
 
 
 def cmd_pretrain(args) -> None:
-    from .train.pretrain import pretrain
+    from .recipes import pretrain
 
-    metrics = pretrain(args)
+    metrics = pretrain.run(config_from(pretrain.PretrainConfig, args))
     if args.json and metrics:
         print(json.dumps(metrics))
 

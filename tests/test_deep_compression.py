@@ -141,6 +141,11 @@ def test_compress_cli_prunes_clusters_retrains_and_saves_what_it_scored(tiny, tm
     assert list(report["test"]) == ["fine-tuned", "pruned", "pruned, retrained", "clustered", "clustered, centroids retrained"]
     assert report["compression"]["density"] == pytest.approx(0.5, abs=1e-3)
     assert report["test"]["clustered, centroids retrained"]["accuracy"] >= report["test"]["fine-tuned"]["accuracy"] - 0.2
+    assert not any(p.is_dir() for p in out.iterdir())  # the retrainings ran in memory: no stage folder, no checkpoint
+    for stage in ("prune", "centroids"):  # their logs, one row per step and one per evaluation (the epoch end)
+        rows = [json.loads(line) for line in (out / f"train_{stage}.jsonl").read_text().splitlines()]
+        steps = [r["step"] for r in rows if "loss" in r]
+        assert steps == list(range(1, len(steps) + 1)) and [r["step"] for r in rows if "validation_accuracy" in r] == [steps[-1]]
 
     model = load_quantized(out).eval()
     layers = [m for m in model.modules() if isinstance(m, WeightOnlyLinear)]

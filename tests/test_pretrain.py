@@ -10,8 +10,8 @@ import torch
 from conftest import fetched
 from minitransformers.cli import main
 from minitransformers.model import MaskedLM
+from minitransformers.recipes.pretrain import unigram_entropy
 from minitransformers.text.tokenizer import Tokenizer
-from minitransformers.train.pretrain import unigram_entropy
 from minitransformers.train.tasks import MaskedLanguageModeling
 
 transformers = pytest.importorskip("transformers")

@@ -10,8 +10,8 @@ from conftest import finetune_argv
 from minitransformers.cli import main
 from minitransformers.model import SequenceClassifier
 from minitransformers.quant import quantize_model
+from minitransformers.recipes.evaluate import load_model
 from minitransformers.text.tokenizer import Tokenizer
-from minitransformers.train.evaluate import load_model
 
 METHODS = [("int8", []), ("w8a8", []), ("int4", ["--group-size", "16"]), ("nf4", ["--double-quant"]), ("kmeans4", []), ("prune2:4", [])]
 

@@ -1,6 +1,8 @@
-"""The training loop as a specification: determinism, exact resume (also after SIGKILL), NaN handling,
-gradient accumulation, and 2-process gloo DDP equal to one process. All on a tiny model and synthetic data."""
+"""The training loop as a specification: determinism, exact resume (also after SIGKILL), NaN handling, a run
+that writes no file (out=None), gradient accumulation, and 2-process gloo DDP equal to one process. All on a
+tiny model and synthetic data."""
 
+import copy
 import json
 import os
 import signal
@@ -12,17 +14,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import final_weights, finetune_argv
+from conftest import final_weights, finetune_argv, finetune_config
 
-from minitransformers.cli import build_parser, main
+from minitransformers.cli import main
+from minitransformers.model import SequenceClassifier
+from minitransformers.recipes import finetune
+from minitransformers.text.collate import collate, encode_examples
+from minitransformers.text.datasets import load_classification
+from minitransformers.text.tokenizer import Tokenizer
 from minitransformers.train import checkpoint
-from minitransformers.train.finetune import finetune
 from minitransformers.train.tasks import Classification
-from minitransformers.train.trainer import Trainer, TrainingDiverged
+from minitransformers.train.trainer import TrainConfig, Trainer, TrainingDiverged
 
 ROOT = Path(__file__).resolve().parent.parent
-POSITIVE, NEGATIVE = ["good", "great", "love", "fine"], ["bad", "awful", "hate", "poor"]
-FILLER = ["the", "movie", "was", "plot", "actor", "film", "and", "a", "story", "really"]
 
 
 def assert_identical(a: dict, b: dict):
@@ -110,9 +114,43 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
 
     monkeypatch.setattr(Classification, "loss_sum", nan_at_step_13)
     with pytest.raises(TrainingDiverged, match=r"loss is nan at step 13; stopped\. The last good checkpoint is .*checkpoint\.pt \(step 10\)"):
-        finetune(build_parser().parse_args(finetune_argv(tiny, tmp_path / "nan", "--max-steps", "30", "--eval-every", "10")))
+        finetune.run(finetune_config(tiny, tmp_path / "nan", max_steps=30, eval_every=10))
     ckpt = checkpoint.load(tmp_path / "nan" / "checkpoint.pt")
     assert ckpt["state"]["step"] == 10 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def tiny_trainer(tiny, out, save=None) -> Trainer:
+    """A Trainer on the tiny reviews as `finetune` builds it (cls pooling, 6 steps, evaluated at steps 3 and 6)."""
+    checkpoint.seed_everything(0)
+    tokenizer = Tokenizer.from_pretrained(tiny / "model")
+    data = {name: encode_examples(tokenizer, examples, 32) for name, examples in load_classification(str(tiny / "reviews.csv")).items()}
+    model = SequenceClassifier.from_encoder(tiny / "model", 2, pooling="cls")
+    config = TrainConfig(out=out, max_steps=6, eval_every=3, batch_size=8, lr=1e-3)
+    return Trainer(model, Classification(2), data["train"], data["validation"], lambda items: collate(items, tokenizer.pad_id),
+                   [len(e.input_ids) for e in data["train"]], config, save=save)  # fmt: skip
+
+
+def test_out_none_writes_no_file_and_keeps_the_log_and_the_best_model_in_memory(tiny, tmp_path, monkeypatch):
+    written = tiny_trainer(tiny, str(tmp_path / "written"))
+    written.fit()
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    tiny_files = sorted(tiny.rglob("*"))
+    best = []
+    trainer = tiny_trainer(tiny, None, save=lambda model, folder: best.append((folder, copy.deepcopy(model.state_dict()))))
+    result = trainer.fit()
+    assert list(cwd.iterdir()) == [] and sorted(tiny.rglob("*")) == tiny_files  # no file, no folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cwd", "written"]
+    assert result["steps"] == 6 and result["best_validation_accuracy"] == written.state["best"]
+    assert [r["step"] for r in trainer.history if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in trainer.history if "validation_loss" in r] == [3, 6]
+    assert written.history == [json.loads(line) for line in (tmp_path / "written" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in trainer.history if "loss" in r] == losses(tmp_path / "written")  # the same run, bit for bit
+    assert best and all(folder is None for folder, _ in best)
+    assert_identical(best[-1][1], SequenceClassifier.from_pretrained(tmp_path / "written").state_dict())  # the best model that out= saves
+    with pytest.raises(ValueError, match="TrainConfig.out is None"):
+        tiny_trainer(tiny, None).fit(resume=True)
 
 
 def test_gradient_accumulation_equals_the_larger_batch(tiny, tmp_path):

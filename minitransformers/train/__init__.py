@@ -1,1 +1,1 @@
-"""Training: the loop, optimizer and schedule, checkpoints, data parallelism, and the fine-tuning recipe."""
+"""Training: the loop, optimizer and schedule, checkpoints, data parallelism, and the tasks (the recipes that use them are in recipes/)."""

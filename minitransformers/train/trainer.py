@@ -10,7 +10,9 @@ One optimizer step:
     clip ‖g‖ to max_grad_norm; AdamW step; scheduler step
 
 Outputs in `out/`: `metrics.jsonl` (a line per step and per evaluation), `checkpoint.pt` (the latest state,
-for --resume), the best model so far as an HF folder (`save_pretrained`), and `metrics.json` at the end.
+for --resume) and the best model so far (`save`; by default an HF folder, `save_pretrained`); the recipes add
+`metrics.json` at the end. With `out=None` the trainer writes no file: the log rows are in `trainer.history` (as
+they always are), each new best model goes to the `save` callback only, and `fit(resume=True)` is refused.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class TrainConfig:
-    out: str
+    out: str | None  # the run folder; None: write no file (see the module docstring)
     epochs: int = 3
     max_steps: int = 0  # 0: epochs decide
     batch_size: int = 32  # global: examples per micro-step, summed over all processes
@@ -60,17 +62,19 @@ class TrainConfig:
 class Trainer:
     def __init__(
         self, model: nn.Module, task, train_set: Sequence, eval_set: Sequence, collate: Callable, lengths: Sequence[int], config: TrainConfig,
-        world: World = World(), eval_collate: Callable | None = None, save: Callable[[nn.Module, Path], None] | None = None,
+        world: World = World(), eval_collate: Callable | None = None, save: Callable[[nn.Module, Path | None], None] | None = None,
     ):  # fmt: skip
         """collate: a list of train_set items -> a batch of tensors; eval_collate (default: collate) does it for
         the evaluation items, e.g. when they were prepared once, such as fixed MLM masks. save(model, folder)
-        keeps the best model (default: model.save_pretrained(folder); an adapter method saves only its part)."""
+        keeps the best model (default: model.save_pretrained(folder), or nothing when out is None; an adapter
+        method saves only its part); folder is None when out is."""
         if config.precision != "fp32" and world.device.type != "cuda":
             raise ValueError(f"precision {config.precision!r} needs CUDA; on {world.device.type} use fp32")
         self.model, self.task, self.config, self.world = model.to(world.device), task, config, world
         self.train_set, self.eval_set, self.collate, self.eval_collate = train_set, eval_set, collate, eval_collate or collate
-        self.save = save or (lambda model, folder: model.save_pretrained(folder))
-        self.out = Path(config.out)
+        self.out = None if config.out is None else Path(config.out)
+        self.save = save or (None if self.out is None else lambda model, folder: model.save_pretrained(folder))
+        self.history: list[dict] = []  # every row this process logged (the main process only), as in metrics.jsonl
         self.sampler = BatchSampler(lengths, config.batch_size, bucket=config.bucket, seed=config.seed)
         self.steps_per_epoch = len(self.batches(0)) // config.grad_accum
         if self.steps_per_epoch == 0:
@@ -127,7 +131,10 @@ class Trainer:
             return self.task.evaluate(model, batches)
 
     def log(self, row: dict) -> None:
-        if self.world.is_main:
+        if not self.world.is_main:
+            return
+        self.history.append(row)
+        if self.out is not None:
             with open(self.out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
 
@@ -143,8 +150,10 @@ class Trainer:
             self.log({"step": self.state["step"], "epoch": self.state["epoch"], **{f"validation_{k}": v for k, v in metrics.items()}})
             if self.is_better(metrics[self.config.metric]):
                 self.state["best"] = metrics[self.config.metric]
-                self.save(unwrap(self.ddp), self.out)
-            checkpoint.save_atomic(self.checkpoint(busy), self.out / "checkpoint.pt")
+                if self.save is not None:
+                    self.save(unwrap(self.ddp), self.out)
+            if self.out is not None:
+                checkpoint.save_atomic(self.checkpoint(busy), self.out / "checkpoint.pt")
         barrier(self.world)
         return self.state["step"]
 
@@ -174,10 +183,13 @@ class Trainer:
 
     # ---- the loop ---------------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict:
-        self.out.mkdir(parents=True, exist_ok=True)
+        if resume and self.out is None:
+            raise ValueError("resume=True needs the run folder of a checkpoint.pt, but TrainConfig.out is None; set out to that folder")
+        if self.out is not None:
+            self.out.mkdir(parents=True, exist_ok=True)
         if resume:
             self.resume()
-        elif self.world.is_main:
+        elif self.world.is_main and self.out is not None:
             (self.out / "metrics.jsonl").unlink(missing_ok=True)
         s, cfg = self.state, self.config
         bar = tqdm(total=self.total, initial=s["step"], desc="train", unit="step", disable=not self.world.is_main)
@@ -191,10 +203,8 @@ class Trainer:
                 loss, grad_norm, my_tokens = self.train_step(group)
                 busy += time.perf_counter() - t0
                 if not math.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"loss is {loss} at step {s['step'] + 1}; stopped. The last good checkpoint is "
-                        f"{self.out / 'checkpoint.pt'} (step {evaluated_at or 0}). Lower --lr, or use --precision fp32 or bf16."
-                    )
+                    kept = "No checkpoint was written (out=None)" if self.out is None else f"The last good checkpoint is {self.out / 'checkpoint.pt'} (step {evaluated_at or 0})"
+                    raise TrainingDiverged(f"loss is {loss} at step {s['step'] + 1}; stopped. {kept}. Lower --lr, or use --precision fp32 or bf16.")
                 s["step"], s["position"] = s["step"] + 1, s["position"] + cfg.grad_accum
                 examples, tokens = examples + sum(len(b) for b in group), tokens + my_tokens * self.world.size
                 rates = {"examples_per_s": examples / busy, "tokens_per_s": tokens / busy}

@@ -10,23 +10,36 @@ with `python -m minitransformers evaluate --model OUT --data ...`.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..model import SequenceClassifier
+from ..quant.qlinear import quantize_model
+from ..quant.serialize import save_quantized
 from ..text.tokenizer import Tokenizer
-from .qlinear import quantize_model
-from .serialize import save_quantized
 
 
-def quantize(args) -> dict:
-    """Run from parsed `quantize` arguments; returns the report (also written to --out/metrics.json)."""
-    model_dir, out = Path(args.model), Path(args.out)
+@dataclass
+class QuantizeConfig:
+    """`quantize`'s options: one field per flag, at the flag's default."""
+
+    model: str  # a whole-model classifier folder
+    method: str  # one of quant.qlinear.METHODS
+    out: str  # the folder for the quantized model
+    skip: tuple[str, ...] = ("classifier",)  # Linear layers whose dotted name has one of these parts stay fp32
+    group_size: int | None = None  # int4: inputs per scale (None: quantize_model's default, 128)
+    double_quant: bool = False  # nf4, fp4: quantize the absmax too
+
+
+def run(config: QuantizeConfig) -> dict:
+    """Quantize as `config` says; returns the report (also written to OUT/metrics.json)."""
+    model_dir, out = Path(config.model), Path(config.out)
     if (model_dir / "adapter.json").is_file():
         raise ValueError(f"{model_dir} holds an adapter, not a whole model; quantize the model it adapts, or a full fine-tune")
     model = SequenceClassifier.from_pretrained(model_dir).eval()
-    options = {k: v for k, v in {"group_size": args.group_size, "double_quant": args.double_quant or None}.items() if v is not None}
-    report = quantize_model(model, args.method, skip=tuple(args.skip), **options)
-    save_quantized(model, out, args.method, options)
+    options = {k: v for k, v in {"group_size": config.group_size, "double_quant": config.double_quant or None}.items() if v is not None}
+    report = quantize_model(model, config.method, skip=tuple(config.skip), **options)
+    save_quantized(model, out, config.method, options)
     Tokenizer.from_pretrained(model_dir).save_pretrained(out)
     report = {**report, "options": options, "source": str(model_dir), "folder_bytes": sum(f.stat().st_size for f in out.glob("*.safetensors"))}
     (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -7,7 +7,7 @@ Devlin et al. 2019, section 3.1 and appendix A.2, at small scale:
      10% unchanged), with AdamW, warmup and linear decay.
 Validation uses one fixed masking of the validation split, so every evaluation scores the same positions.
 
-`--size` picks one of config.SIZES (tiny 2 × 128, small 4 × 256, base 12 × 768).
+`size` (`--size`) picks one of config.SIZES (tiny 2 × 128, small 4 × 256, base 12 × 768).
 A model that predicted every masked token from unigram frequencies alone would score a loss of the unigram
 entropy H = −Σ_w p(w) log p(w); the gap below it is what context teaches.
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from dataclasses import fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -29,9 +29,35 @@ from ..text.datasets import load_wikitext2
 from ..text.masking import MaskingCollator, mask_tokens
 from ..text.sources import data_dir
 from ..text.tokenizer import Tokenizer, train_wordpiece
-from . import checkpoint, distributed
-from .tasks import MaskedLanguageModeling
-from .trainer import TrainConfig, Trainer
+from ..train import checkpoint, distributed
+from ..train.tasks import MaskedLanguageModeling
+from ..train.trainer import TrainConfig, Trainer
+from . import default_device
+
+
+@dataclass
+class PretrainConfig:
+    """`pretrain`'s options: one field per flag, at the flag's default."""
+
+    steps: int  # optimizer steps
+    out: str  # the run folder
+    data: str = "wikitext2"
+    size: str = "small"  # a key of config.SIZES
+    seq_length: int = 128  # tokens per packed sequence, [CLS] and [SEP] included
+    vocab_size: int = 8192
+    mask_probability: float = 0.15
+    whole_word: bool = False
+    batch_size: int = 64
+    grad_accum: int = 1
+    lr: float = 5e-4
+    warmup: float = 0.06
+    weight_decay: float = 0.01
+    eval_every: int = 0  # 0: at the end
+    seed: int = 0
+    device: str = field(default_factory=default_device)
+    precision: str = "fp32"
+    resume: bool = False
+
 
 def unigram_entropy(sequences: list[list[int]], special: set[int]) -> float:
     """H = −Σ p log p in nats, p the frequency of each non-special token in `sequences`."""
@@ -56,42 +82,42 @@ def stack(items: list[dict]) -> dict[str, torch.Tensor]:
             "labels": torch.stack([item["labels"] for item in items])}  # fmt: skip
 
 
-def pretrain(args) -> dict:
-    """Run from parsed `pretrain` arguments; returns the final metrics (on the main process)."""
-    world = distributed.init(args.device)
-    checkpoint.seed_everything(args.seed)
-    out = Path(args.out)
-    if args.resume and (out / "tokenizer.json").is_file():
+def run(config: PretrainConfig) -> dict:
+    """Pretrain as `config` says; returns the final metrics (on the main process)."""
+    world = distributed.init(config.device)
+    checkpoint.seed_everything(config.seed)
+    out = Path(config.out)
+    if config.resume and (out / "tokenizer.json").is_file():
         tokenizer = Tokenizer.from_pretrained(out)
     else:
-        tokenizer = train_wordpiece([data_dir("wikitext2") / "train.raw"], vocab_size=args.vocab_size)
+        tokenizer = train_wordpiece([data_dir("wikitext2") / "train.raw"], vocab_size=config.vocab_size)
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     sequences = {}
     for split in ("train", "validation"):
         encoded = tokenizer.encode(load_wikitext2(split), truncation=False, special_tokens=False)
-        sequences[split] = pack_sequences((ids for ids, _ in encoded), args.seq_length, cls_id, sep_id)
+        sequences[split] = pack_sequences((ids for ids, _ in encoded), config.seq_length, cls_id, sep_id)
 
-    config = EncoderConfig(vocab_size=tokenizer.vocab_size, max_position_embeddings=args.seq_length, **SIZES[args.size])
-    model = MaskedLM(Encoder(config, add_pooler=False))
-    collator = MaskingCollator.for_tokenizer(tokenizer, probability=args.mask_probability, whole_word=args.whole_word)
-    options = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
-    train_config = TrainConfig(**options, max_steps=args.steps, metric="loss", bucket=False)
+    encoder_config = EncoderConfig(vocab_size=tokenizer.vocab_size, max_position_embeddings=config.seq_length, **SIZES[config.size])
+    model = MaskedLM(Encoder(encoder_config, add_pooler=False))
+    collator = MaskingCollator.for_tokenizer(tokenizer, probability=config.mask_probability, whole_word=config.whole_word)
+    options = {f.name: getattr(config, f.name) for f in fields(TrainConfig) if hasattr(config, f.name)}
+    train_config = TrainConfig(**options, max_steps=config.steps, metric="loss", bucket=False)
     trainer = Trainer(
-        model, MaskedLanguageModeling(), sequences["train"], fixed_masks(sequences["validation"], collator, args.seed),
-        collator, [args.seq_length] * len(sequences["train"]), train_config, world, eval_collate=stack,
+        model, MaskedLanguageModeling(), sequences["train"], fixed_masks(sequences["validation"], collator, config.seed),
+        collator, [config.seq_length] * len(sequences["train"]), train_config, world, eval_collate=stack,
     )  # fmt: skip
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)
         tokenizer.save_pretrained(out)
-    result = trainer.fit(resume=args.resume)
+    result = trainer.fit(resume=config.resume)
 
     metrics = {}
     if world.is_main:  # the best checkpoint, as saved, on the fixed validation masks
         best = MaskedLM.from_pretrained(out).to(world.device)
         metrics.update({f"validation_{k}": v for k, v in trainer.evaluate(trainer.eval_set, best).items()})
         metrics["unigram_entropy"] = unigram_entropy(sequences["train"], {cls_id, sep_id})
-        metrics.update(result, size=args.size, parameters=sum(p.numel() for p in model.parameters()), vocab_size=tokenizer.vocab_size,
-                       train_sequences=len(sequences["train"]), seq_length=args.seq_length, device=str(world.device), world_size=world.size)  # fmt: skip
+        metrics.update(result, size=config.size, parameters=sum(p.numel() for p in model.parameters()), vocab_size=tokenizer.vocab_size,
+                       train_sequences=len(sequences["train"]), seq_length=config.seq_length, device=str(world.device), world_size=world.size)  # fmt: skip
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     distributed.shutdown(world)
     return metrics

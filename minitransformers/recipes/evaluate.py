@@ -3,7 +3,7 @@
 Any folder that `finetune` or `quantize` writes loads here: a whole model, an adapter over its base
 (peft/methods.py) or a quantized model (quant/). The metrics are the task's (accuracy, macro-F1, loss); the
 latency is the median wall time of one forward pass over a batch, after one warm-up batch, on a batch of
-`--batch-size` examples in dataset order (so with real lengths and padding).
+`batch_size` examples in dataset order (so with real lengths and padding).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,7 +21,20 @@ from ..quant.serialize import QUANTIZATION, load_quantized
 from ..text.collate import collate, encode_examples
 from ..text.datasets import load_classification
 from ..text.tokenizer import Tokenizer
-from .tasks import Classification
+from ..train.tasks import Classification
+from . import default_device
+
+
+@dataclass
+class EvaluateConfig:
+    """`evaluate`'s options: one field per flag, at the flag's default."""
+
+    model: str  # a folder written by finetune, quantize or compress
+    data: str  # 'sentiment', an aclImdb folder, or a .csv/.jsonl file
+    split: str = "test"  # train | validation | test
+    batch_size: int = 32
+    max_length: int = 128
+    device: str = field(default_factory=default_device)
 
 
 def load_model(path: str | Path) -> torch.nn.Module:
@@ -39,20 +53,20 @@ def timed_batches(batches: list[dict], device: torch.device, seconds: list[float
         seconds.append(time.perf_counter() - start)
 
 
-def evaluate(args) -> dict:
-    """Run from parsed `evaluate` arguments; returns the metrics (also written to --model/eval_SPLIT.json)."""
-    device = torch.device(args.device)
-    model = load_model(args.model).to(device).eval()
-    tokenizer = Tokenizer.from_pretrained(args.model)
-    examples = encode_examples(tokenizer, load_classification(args.data)[args.split], args.max_length)
-    size = args.batch_size
+def run(config: EvaluateConfig) -> dict:
+    """Score and time the model as `config` says; returns the metrics (also written to eval_<split>.json in the model folder)."""
+    device = torch.device(config.device)
+    model = load_model(config.model).to(device).eval()
+    tokenizer = Tokenizer.from_pretrained(config.model)
+    examples = encode_examples(tokenizer, load_classification(config.data)[config.split], config.max_length)
+    size = config.batch_size
     batches = [{k: v.to(device) for k, v in collate(examples[i : i + size], tokenizer.pad_id).items()} for i in range(0, len(examples), size)]
     seconds: list[float] = []
     with torch.inference_mode():
         metrics = Classification(len(model.labels)).evaluate(model, timed_batches(batches, device, seconds))
     metrics = {
-        **metrics, "split": args.split, "examples": len(examples), "batch_size": size, "device": str(device),
+        **metrics, "split": config.split, "examples": len(examples), "batch_size": size, "device": str(device),
         "latency_ms_per_batch": 1000 * statistics.median(seconds[1:] or seconds),
     }  # fmt: skip
-    (Path(args.model) / f"eval_{args.split}.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (Path(config.model) / f"eval_{config.split}.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
