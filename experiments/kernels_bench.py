@@ -1,8 +1,8 @@
 """The Triton kernels of minitransformers/kernels against cuBLAS and the libraries, on one CUDA GPU.
 
 One process, the same inputs for every contender. Each call follows a 256 MB write that flushes the L2 cache (an
-8192² int4 weight, 34 MB, would otherwise stay in the H100's 50 MB L2 between calls); the activations rotate over
-several buffers. "ms" is the GPU time of a call, from CUDA-graph replays of many calls with no launch gaps (the
+8192² int4 weight, 34 MB, would otherwise stay in the 50 MB L2 of an H100 or H200 between calls); the activations
+rotate over several buffers. "ms" is the GPU time of a call, from CUDA-graph replays of many calls with no launch gaps (the
 flushes' own time subtracted); "eager ms" is one call launched from Python between CUDA events, the median over
 the calls, which also counts launch time when launching takes longer than the flush before it (see `Timer`).
 
@@ -15,7 +15,8 @@ the calls, which also counts launch time when launching takes longer than the fl
   torch._int_mm followed by the scaling in separate torch ops, bitsandbytes Linear8bitLt.
 
 GB/s counts the bytes a call must move at least (weight as stored, x, y); TOPS counts 2 M N K operations. The
-limits of an H100 SXM: 3.35 TB/s, 989 dense bf16 TFLOPS, 1 979 dense int8 TOPS.
+report names the GPU it ran on and, for the GPUs in `PEAKS`, NVIDIA's published dense peaks (H100 SXM: 3.35 TB/s,
+989 bf16 TFLOPS, 1 979 int8 TOPS; H200 SXM: the same compute, 4.8 TB/s); other GPUs get none.
 
     python experiments/kernels_bench.py                  # everything
     python experiments/kernels_bench.py --only w4a16     # or w8a8
@@ -36,7 +37,10 @@ import torch.nn.functional as F
 from torch import nn
 
 RESULTS = Path(__file__).resolve().parent / "results"
-H100 = {"GB/s": 3350.0, "bf16 TFLOPS": 989.0, "int8 TOPS": 1979.0}
+PEAKS = {  # torch.cuda.get_device_name() -> NVIDIA's dense (no sparsity) peaks for the SXM boards
+    "NVIDIA H100 80GB HBM3": {"GPU": "H100 SXM", "GB/s": 3350.0, "bf16 TFLOPS": 989.0, "int8 TOPS": 1979.0},
+    "NVIDIA H200": {"GPU": "H200 SXM", "GB/s": 4800.0, "bf16 TFLOPS": 989.0, "int8 TOPS": 1979.0},
+}
 W4A16_SHAPES = [(8192, 8192), (768, 3072), (3072, 768)]  # (K in, N out)
 W4A16_M = [1, 2, 4, 8, 16, 32, 64]
 W8A8_SHAPES = [(8192, 8192, 8192), (4096, 768, 3072), (4096, 3072, 768), (4096, 768, 768)]  # (M, K, N)
@@ -108,8 +112,7 @@ def gaussian_linear(K: int, N: int) -> nn.Linear:
 
 
 def w4a16_contenders(linear: nn.Linear) -> dict:
-    from minitransformers.kernels.int4_mm import Packed4Bit, w4a16_linear_triton
-    from minitransformers.quant.nonuniform import dynamic_codebook_on
+    from minitransformers.kernels.int4_mm import w4a16_linear_triton
     from minitransformers.quant.qlinear import WeightOnlyLinear
 
     w_bf16 = linear.weight.to(torch.bfloat16)
@@ -120,7 +123,7 @@ def w4a16_contenders(linear: nn.Linear) -> dict:
         ("ours NF4 double-quant", "nf4", {"double_quant": True}),
     ]:
         q = WeightOnlyLinear.from_linear(linear, method, **options)
-        w = Packed4Bit.from_storage(q.layout, dict(q.named_buffers()), dynamic_codebook_on(linear.weight.device))
+        w = q.packed_4bit()  # the kernels' view of the layer's buffers
         found[name] = (lambda x, w=w: w4a16_linear_triton(x, w, None), q.weight_nbytes)
         if "double" not in name:  # at M = 1 only: the GEMV against the split-K tl.dot kernel that M = 2 … 16 use
             found[f"{name}, split-K tl.dot"] = (lambda x, w=w: w4a16_linear_triton(x, w, None, kernel="splitk"), q.weight_nbytes)
@@ -272,6 +275,14 @@ def print_rows(rows: list[dict]) -> None:
         print("  ".join(f"{c}={cell(r, c)}" for c in COLUMNS if cell(r, c)), flush=True)
 
 
+def limits(device: str) -> str:
+    """The published peaks of `device`, or a sentence saying there are none here."""
+    if device not in PEAKS:
+        return f"Limits ({device}): no published peak for this device."
+    peak = PEAKS[device]
+    return f"Limits ({peak['GPU']}): {peak['GB/s']:.0f} GB/s, {peak['bf16 TFLOPS']:.0f} bf16 TFLOPS, {peak['int8 TOPS']:.0f} int8 TOPS."
+
+
 def write_report(sections: dict[str, list[dict]], meta: dict) -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "kernels_bench.json").write_text(json.dumps({"meta": meta, **sections}, indent=1))
@@ -281,8 +292,7 @@ def write_report(sections: dict[str, list[dict]], meta: dict) -> None:
         f"Device: {meta['device']}; torch {meta['torch']}, triton {meta['triton']}. Written by experiments/kernels_bench.py.",
         f"ms: GPU time a call, from CUDA-graph replays of {meta['repeats']} calls; eager ms: the median of "
         f"{meta['repeats']} calls launched from Python between CUDA events. L2 flushed before each call, inputs rotating over "
-        f"{meta['buffers']} buffers, bf16 activations. Limits (H100 SXM): {H100['GB/s']:.0f} GB/s, "
-        f"{H100['bf16 TFLOPS']:.0f} bf16 TFLOPS, {H100['int8 TOPS']:.0f} int8 TOPS.",
+        f"{meta['buffers']} buffers, bf16 activations. {limits(meta['device'])}",
     ]
     for title, rows in sections.items():
         lines += ["", f"## {title}", "", table(rows)]
@@ -310,7 +320,7 @@ def main(argv=None) -> None:
     if args.only in (None, "w8a8"):
         sections["W8A8"] = w8a8(timer, args.buffers)
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-            "repeats": args.repeats, "buffers": args.buffers, "limits": H100}  # fmt: skip
+            "repeats": args.repeats, "buffers": args.buffers, "limits": PEAKS.get(torch.cuda.get_device_name())}  # fmt: skip
     write_report(sections, meta)
 
 

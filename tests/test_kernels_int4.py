@@ -1,13 +1,13 @@
-"""The W4A16 Triton kernels (kernels/int4_mm.py) against their reference, and the reference against
-WeightOnlyLinear. On CPU the three kernels (the GEMV for M = 1, split-K for M ≤ 16, tiled above; each also forced
-off its own M) run under Triton's interpreter in a subprocess (see kernel_helpers.py), on small odd shapes: M = 1,
-3, 17, K not a multiple of the block (128 under the interpreter), groups smaller and larger than the block, int4
-symmetric and affine, NF4 and FP4 with and without double quantization. The output is filled with NaN first.
-Error budget: ‖out − ref‖ / ‖ref‖ < 1e-3, ref = a float32 matmul over the dequantized weight as the kernel
-multiplies it (rounded to x's dtype by the tl.dot kernels, fp32 in the GEMV: the two differ by about 1.7e-3 in
-bf16) plus the float32 bias, rounded once to x's dtype, as the kernel's fp32 accumulator is. Weights the kernels
-do not take (odd K, groups that are not a power of two) go to the reference. The interpreter cannot tl.dot bf16,
-so bf16 runs on the GPU only (`pytest -m gpu`)."""
+"""The W4A16 Triton kernels (kernels/int4_mm.py) against the one reference of the weight-only product, F.linear over
+the format's own dequantized weight, and their view of WeightOnlyLinear's buffers. On CPU the three kernels (the
+GEMV for M = 1, split-K for M ≤ 16, tiled above; each also forced off its own M) run under Triton's interpreter in a
+subprocess (see kernel_helpers.py), on small odd shapes: M = 1, 3, 17, K not a multiple of the block (128 under the
+interpreter), groups smaller and larger than the block, int4 symmetric and affine, NF4 and FP4 with and without
+double quantization. The output is filled with NaN first. Error budget: ‖out − ref‖ / ‖ref‖ < 1e-3, ref = a float32
+matmul over the dequantized weight as the kernel multiplies it (rounded to x's dtype by the tl.dot kernels, fp32 in
+the GEMV: the two differ by about 1.7e-3 in bf16) plus the float32 bias, rounded once to x's dtype, as the kernel's
+fp32 accumulator is. Weights the kernels do not take (odd K, groups that are not a power of two) go to the
+reference. The interpreter cannot tl.dot bf16, so bf16 runs on the GPU only (`pytest -m gpu`)."""
 
 import itertools
 from functools import partial
@@ -17,9 +17,9 @@ import torch
 from kernel_helpers import poisoned, relative, result, run_interpreted
 from torch import nn
 
-from minitransformers.kernels.int4_mm import Packed4Bit, dequantize_reference, pick_kernel, w4a16_linear, w4a16_linear_triton
-from minitransformers.quant.nonuniform import DYNAMIC_CODEBOOK
+from minitransformers.kernels.int4_mm import Packed4Bit, pick_kernel, w4a16_linear, w4a16_linear_triton
 from minitransformers.quant.qlinear import WeightOnlyLinear
+from minitransformers.quant.uniform import quantize_uniform
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 FORMATS = {  # name -> WeightOnlyLinear.from_linear's method and options; group and block sizes small for small shapes
@@ -40,7 +40,7 @@ def layer(fmt: str, K: int, N: int, device: str = "cpu", **override) -> WeightOn
 
 
 def packed(q: WeightOnlyLinear) -> Packed4Bit:
-    return Packed4Bit.from_storage(q.layout, dict(q.named_buffers()), DYNAMIC_CODEBOOK)
+    return q.packed_4bit()
 
 
 def measure(fmt: str, M: int, K: int, N: int, dtype: str, device: str = "cpu", kernel: str | None = None, **override) -> dict:
@@ -80,10 +80,16 @@ def test_w4a16_kernel_writes_every_output_within_the_error_budget(name, interpre
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_reference_dequantizes_the_stored_layout_as_weight_only_linear(fmt):
-    for K, override in [(96, {}), (77, {"group_size": 7} if fmt.startswith("int4") else {})]:
-        q = layer(fmt, K, 13, **override)
-        assert torch.equal(dequantize_reference(packed(q)), q.dequantize())
+def test_the_kernel_view_reads_the_layers_buffers_in_place(fmt):
+    """What the kernels read is the stored tensors themselves (no copy), under the format's group or block size."""
+    q = layer(fmt, 96, 13)
+    w, options = packed(q), FORMATS[fmt][1]
+    absmax = q.absmax_codes if options.get("double_quant") else getattr(q, "absmax", None)
+    assert w.packed is q.codes and w.scale is (q.scale if fmt.startswith("int4") else absmax)
+    assert w.shape == (13, 96) and w.group_size == options.get("group_size", options.get("block_size"))
+    assert (w.zero_point is not None) == (fmt == "int4-affine") and (w.codebook is not None) == (not fmt.startswith("int4"))
+    assert w.double_quant == options.get("double_quant", False)
+    assert torch.equal(w.dequantize(), q.dequantize())  # the format's own, through the same buffers
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -111,9 +117,12 @@ def test_a_kernel_refuses_more_tokens_than_it_takes(M, kernel):
         w4a16_linear_triton(torch.randn(M, 64), packed(q), q.bias, kernel=kernel)
 
 
-def test_int8_and_kmeans_layers_are_not_4_bit_kernel_formats():
+def test_int8_kmeans_and_whole_tensor_int4_layers_are_not_4_bit_kernel_formats():
     for method in ("int8", "kmeans4"):
-        assert not Packed4Bit.supports(WeightOnlyLinear.from_linear(nn.Linear(32, 8), method).layout)
+        assert WeightOnlyLinear.from_linear(nn.Linear(32, 8), method).packed_4bit() is None
+    assert WeightOnlyLinear.from_linear(nn.Linear(32, 8), "int4", group_size=32).packed_4bit() is not None  # (1, 32): per row
+    whole = WeightOnlyLinear.from_representation(quantize_uniform(torch.randn(8, 32), 4, block_size=(8, 32)))
+    assert whole.layout["block_size"] == [8, 32] and whole.packed_4bit() is None
 
 
 GPU_M = [1, 2, 4, 8, 16, 64, 512, 4096]

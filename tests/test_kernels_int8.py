@@ -1,9 +1,9 @@
-"""The W8A8 Triton kernels (kernels/int8_mm.py) against their plain-torch reference, and the reference against
-W8A8Linear. On CPU the kernels run under Triton's interpreter in a subprocess (see kernel_helpers.py), on small
-odd shapes: M = 1, 3, 17, K not a multiple of the block, several tiles in every direction. The output is filled
-with NaN first. The int32 accumulation is exact, so codes and scales must be equal and the output equal up to
-float32 rounding in the epilogue. The interpreter rounds fp32 -> bf16 by truncation and cannot tl.dot bf16, so
-bf16 runs on the GPU only (`pytest -m gpu`), on the real sizes of the GPU matrix."""
+"""The W8A8 Triton kernels (kernels/int8_mm.py) against their plain-torch reference, which is W8A8Linear's product
+wherever the kernels do not run. On CPU the kernels run under Triton's interpreter in a subprocess (see
+kernel_helpers.py), on small odd shapes: M = 1, 3, 17, K not a multiple of the block, several tiles in every
+direction. The output is filled with NaN first. The int32 accumulation is exact, so codes and scales must be equal
+and the output equal up to float32 rounding in the epilogue. The interpreter rounds fp32 -> bf16 by truncation and
+cannot tl.dot bf16, so bf16 runs on the GPU only (`pytest -m gpu`), on the real sizes of the GPU matrix."""
 
 import itertools
 import subprocess
@@ -21,7 +21,8 @@ from minitransformers.kernels.int8_mm import (
     w8a8_linear_reference,
     w8a8_linear_triton,
 )
-from minitransformers.quant.qlinear import W8A8Linear, quantize_per_token
+from minitransformers.quant.qlinear import W8A8Linear
+from minitransformers.quant.uniform import quantize_uniform
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -72,19 +73,22 @@ def test_w8a8_kernel_writes_every_output_and_matches_the_reference(name, interpr
     assert numbers["relative_error"] < 1e-6  # exact int32 sums; only the fp32 epilogue (and fp16 output) rounds
 
 
-def test_reference_row_quantization_is_w8a8_linears():
-    x = torch.randn(5, 200) * 3
-    for got, expected in zip(quantize_rows_reference(x), quantize_per_token(x)):
-        assert torch.equal(got, expected)
+def test_reference_row_quantization_gives_quantize_uniforms_codes_and_scales():
+    """W8A8's activation quantizer is uniform.py's symmetric int8 per row, with fewer passes over x."""
+    x = torch.randn(512, 768) * torch.logspace(-3, 2, 512).unsqueeze(1)  # rows of very different scales
+    codes, scale = quantize_rows_reference(x)
+    reference = quantize_uniform(x, 8, block_size=(1, 768))
+    assert torch.equal(codes, reference.codes) and torch.equal(scale, reference.scale)
 
 
-def test_reference_is_w8a8_linear_on_cpu_bit_for_bit():
+def test_w8a8_linear_computes_through_the_one_dispatch_which_takes_the_reference_on_cpu():
     linear = torch.nn.Linear(96, 40)
     layer = W8A8Linear.from_linear(linear)
-    x = torch.randn(7, 96)
+    x = torch.randn(2, 7, 96)
     with torch.no_grad():
-        assert torch.equal(w8a8_linear_reference(x, layer.codes, layer.scale, layer.bias), layer(x))
-        assert torch.equal(w8a8_linear(x, layer.codes, layer.scale, layer.bias), layer(x))  # CPU: the dispatch takes the reference
+        expected = w8a8_linear_reference(x.reshape(14, 96), layer.codes, layer.scale, layer.bias).reshape(2, 7, 40)
+        assert torch.equal(layer(x), expected)
+        assert torch.equal(w8a8_linear(x.reshape(14, 96), layer.codes, layer.scale, layer.bias), expected.reshape(14, 40))
 
 
 def test_library_imports_and_quantizes_without_triton():

@@ -217,7 +217,7 @@ def test_odd_numel_and_narrow_codes_are_counted_as_stored():
 def test_dequantize_restores_shape_and_dtype(dtype):
     w = torch.randn(4, 6, 40).to(dtype)
     q = quantize_nf4(w, double_quant=True)
-    assert q.codes.shape == (480,) and q.codes.dtype == torch.uint8 and q.shape == w.shape and q.block_size == 64
+    assert q.codes.shape == (480,) and q.codes.dtype == torch.uint8 and q.shape == w.shape and q.block_size == (64,)
     out = q.dequantize()
     assert out.shape == w.shape and out.dtype == dtype
     assert (out.float() - w.float()).abs().max().item() < 0.5

@@ -9,24 +9,24 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CSR_WARNING, LINEARS, ragged_batch, small_classifier
+from conftest import CSR_WARNING, LINEARS, SMALL_CONFIG, ragged_batch, small_classifier
 from torch import nn
 
-from minitransformers.quant import qlinear
+from minitransformers import Encoder
+from minitransformers.kernels import int8_mm
+from minitransformers.kernels.int8_mm import int8_matmul, int_mm_supported
+from minitransformers.model.mlm import MaskedLM
 from minitransformers.quant.kmeans import kmeans_quantize
 from minitransformers.quant.nonuniform import quantize_fp4, quantize_nf4
 from minitransformers.quant.prune import nm_mask
 from minitransformers.quant.qlinear import (
     METHODS,
-    quantize_per_token,
     QuantizedLinear,
     SparseLinear,
     W8A8Linear,
     WeightOnlyLinear,
     int4_per_group,
-    int8_matmul,
     int8_per_channel,
-    int_mm_supported,
     quantize_model,
 )
 from minitransformers.quant.uniform import quantize_uniform
@@ -71,7 +71,7 @@ def test_int8_matmul_equals_the_exact_int64_product(M, K, N):
 
 @pytest.mark.parametrize("M,K,N", SHAPES)
 def test_float64_fallback_is_exact(monkeypatch, M, K, N):
-    monkeypatch.setattr(qlinear, "int_mm_supported", lambda a, b: False)
+    monkeypatch.setattr(int8_mm, "int_mm_supported", lambda a, b: False)
     monkeypatch.setattr(torch, "_int_mm", None)  # the fallback must not call it
     a, b = random_int8(M, K), random_int8(K, N)
     assert torch.equal(int8_matmul(a, b).long(), exact(a, b))
@@ -82,7 +82,7 @@ def test_both_paths_are_exact_up_to_the_int32_bound(monkeypatch):
     K = 2**31 // 2**14 - 1
     a, b = torch.full((1, K), -128, dtype=torch.int8), torch.full((K, 1), -128, dtype=torch.int8)
     assert int8_matmul(a, b).item() == K * 2**14 == 2**31 - 2**14
-    monkeypatch.setattr(qlinear, "int_mm_supported", lambda a, b: False)
+    monkeypatch.setattr(int8_mm, "int_mm_supported", lambda a, b: False)
     monkeypatch.setattr(torch, "_int_mm", None)
     assert int8_matmul(a, b).item() == K * 2**14
 
@@ -149,14 +149,6 @@ def test_w8a8_equals_its_integer_equation():
     expected = exact(codes_x.codes, w.codes.t()).double() * codes_x.scale.double() * w.scale.double().t() + layer.bias.double()
     assert q(x).shape == (2, 9, 96)
     assert (q(x).reshape(-1, 96).double() - expected).abs().max().item() < 1e-6
-
-
-def test_the_per_token_fast_path_gives_quantize_uniforms_codes_and_scales():
-    """W8A8's activation quantizer is uniform.py's symmetric int8 per row, with fewer passes over x."""
-    x = torch.randn(512, 768) * torch.logspace(-3, 2, 512).unsqueeze(1)  # rows of very different scales
-    codes, scale = quantize_per_token(x)
-    reference = quantize_uniform(x, 8, block_size=(1, 768))
-    assert torch.equal(codes, reference.codes) and torch.equal(scale, reference.scale)
 
 
 def test_w8a8_returns_x_dtype():
@@ -336,6 +328,21 @@ def test_options_reach_the_quantizer():
     assert report["bits_per_weight"] == 4 + 32 / 64 and model.encoder.layers[0].ffn.up.layout["block_size"] == [1, 64]
     nf4 = quantize_model(small_classifier(), "nf4", double_quant=True)
     assert math.isclose(nf4["bits_per_weight"], 4.127, abs_tol=2e-3)
+
+
+def test_tied_weights_stay_float_and_tied():
+    """MaskedLM's decoder is the word embedding (`tied_weights`); quantizing it would untie the two."""
+    model = MaskedLM(Encoder(SMALL_CONFIG))
+    report = quantize_model(model, "int8")
+    assert model.head.decoder.weight is model.encoder.embeddings.word.weight and type(model.head.decoder) is nn.Linear
+    assert isinstance(model.encoder.layers[0].ffn.up, WeightOnlyLinear) and report["layers"] == LINEARS + 1  # + head.transform
+
+
+def test_a_weight_shared_by_two_linears_is_not_quantized_even_undeclared():
+    model = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 16))
+    model[1].weight = model[0].weight  # shared, and no `tied_weights` says so
+    quantize_model(model, "int8", skip=())
+    assert [type(m) for m in model] == [nn.Linear, nn.Linear, WeightOnlyLinear] and model[1].weight is model[0].weight
 
 
 def test_quantized_model_copies_and_keeps_computing():

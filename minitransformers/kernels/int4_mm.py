@@ -1,7 +1,8 @@
 """W4A16 on the GPU: x (M, K) in 16 bits (or fp32) times a packed 4-bit weight, dequantized inside the matmul.
 
-The weight is read as WeightOnlyLinear stores it (quant/qlinear.py `to_storage`), two 4-bit codes a byte with
-element 2i in the HIGH nibble of byte i (quant/pack.py, bitsandbytes' order). Two formats, y = x Ŵᵀ + b:
+The weight is read in place, as WeightOnlyLinear stores it (the formats' `to_storage`, quant/uniform.py and
+quant/nonuniform.py, whose `packed_4bit` makes the `Packed4Bit` view below), two 4-bit codes a byte with element 2i
+in the HIGH nibble of byte i (quant/pack.py, bitsandbytes' order). Two formats, y = x Ŵᵀ + b:
 
     int4 per group (GPTQ / AWQ style; quant/uniform.py), each row of W packed on its own:
         packed      (N, ceil(K / 2)) uint8      row n, input k: byte k // 2 of row n (an odd K leaves a spare nibble)
@@ -45,15 +46,16 @@ instead of 16 makes it up to 16 / 4.5 ≈ 3.6× (int4, G = 128: 4.25 bits, 3.8×
   compute-bound, so it is a plain tiled tl.dot GEMM (program order grouped for the L2 cache) whose W tile is
   dequantized on the way in; the output is written once, bias added, in x's dtype.
 
-Block sizes are autotuned over a few configs each. The plain-torch reference (`dequantize_reference`, then
-F.linear) is what WeightOnlyLinear computes without a GPU; `w4a16_linear` picks the kernels on CUDA when
-Triton imports and the weight is `kernel_ready` (K even, power-of-two groups), the reference elsewhere;
-`pick_kernel` chooses among the three by M.
+Block sizes are autotuned over a few configs each. The plain-torch reference, `w4a16_linear_reference`, is
+F.linear over the format's own dequantized weight: WeightOnlyLinear computes it, for every format, wherever the
+kernels do not run. `w4a16_linear` picks the kernels on CUDA when Triton imports and the weight is `kernel_ready` (K even,
+power-of-two groups), the reference elsewhere; `pick_kernel` chooses among the three by M.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -65,38 +67,20 @@ SMALL_M = 16  # up to this many tokens, the split-K kernel
 
 @dataclass
 class Packed4Bit:
-    """A 4-bit weight W (N, K) in WeightOnlyLinear's storage layout (see the module docstring)."""
+    """A 4-bit weight W (N, K) as the kernels read it: a WeightOnlyLinear's buffers, in place (see the module
+    docstring). Made by a format's `packed_4bit(layout, tensors)` (quant/format.py)."""
 
     packed: torch.Tensor  # int4: (N, ceil(K / 2)) uint8; codebook: (ceil(N K / 2),) uint8
     scale: torch.Tensor  # int4: (N, K / G) fp32; codebook: absmax (N K / B,) fp32, or its uint8 codes if double-quantized
     shape: tuple[int, int]  # (N, K)
     group_size: int  # int4: G, inputs per scale; codebook: B, flat elements per absmax
+    decode: Callable[[], Any]  # () -> the format's QuantizedWeight of the same buffers, whose dequantize defines Ŵ
     zero_point: torch.Tensor | None = None  # int4 affine: (N, K / G) uint8; None: symmetric, codes stored + 8
     codebook: torch.Tensor | None = None  # NF4 / FP4: (16,) fp32; None: int4
     absmax_scale: torch.Tensor | None = None  # double quantization: (ceil(N K / B / 256),) fp32
     absmax_offset: torch.Tensor | None = None  # double quantization: () fp32
     absmax_table: torch.Tensor | None = None  # double quantization: (256,) fp32, the dynamic map
     absmax_block_size: int = 256
-
-    @staticmethod
-    def supports(layout: dict) -> bool:
-        """Whether a WeightOnlyLinear layout is one of the two 4-bit formats here (not int8, not k-means)."""
-        uniform4 = layout["format"] == "uniform" and layout["bits"] == 4 and layout["block_size"][0] == 1
-        return uniform4 or layout["format"] == "codebook"
-
-    @classmethod
-    def from_storage(cls, layout: dict, t: dict[str, torch.Tensor], dynamic_map: torch.Tensor) -> Packed4Bit:
-        """From WeightOnlyLinear's `layout` and buffers `t`; `dynamic_map` (256,) decodes double-quantized absmax."""
-        shape = tuple(layout["shape"])
-        if layout["format"] == "uniform":
-            return cls(t["codes"], t["scale"], shape, layout["block_size"][1], zero_point=t.get("zero_point"))
-        if not layout["double_quant"]:
-            return cls(t["codes"], t["absmax"], shape, layout["block_size"], codebook=t["codebook"])
-        return cls(
-            t["codes"], t["absmax_codes"], shape, layout["block_size"], codebook=t["codebook"], absmax_scale=t["absmax_scale"],
-            absmax_offset=t["absmax_offset"], absmax_table=dynamic_map.to(t["codes"].device),
-            absmax_block_size=layout["absmax_block_size"],
-        )  # fmt: skip
 
     @property
     def double_quant(self) -> bool:
@@ -110,33 +94,24 @@ class Packed4Bit:
         K, G = self.shape[1], self.group_size
         return K % 2 == 0 and K % G == 0 and G >= 2 and G & (G - 1) == 0
 
-
-# --- the reference: dequantize, then F.linear ---------------------------------------------------------------------
-
-
-def nibbles(packed: torch.Tensor) -> torch.Tensor:
-    """(…, n) uint8 -> (…, 2 n) codes in [0, 15], the high nibble of each byte first."""
-    return torch.stack((packed >> 4, packed & 0x0F), dim=-1).flatten(-2)  # (…, n, 2) -> (…, 2 n)
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Ŵ (N, K), by the format's own dequantize (the kernels decode the same buffers in registers)."""
+        return self.decode().dequantize(dtype)
 
 
-def dequantize_reference(w: Packed4Bit) -> torch.Tensor:
-    """Ŵ (N, K) fp32, with the arithmetic of WeightOnlyLinear.dequantize (a test holds them equal)."""
-    N, K = w.shape
-    if w.codebook is None:
-        codes = nibbles(w.packed)[:, :K].float().view(N, K // w.group_size, w.group_size)  # (N, K / G, G)
-        zero = 8 if w.zero_point is None else w.zero_point[..., None].float()  # (N, K / G, 1)
-        return ((codes - zero) * w.scale[..., None]).view(N, K)
-    codes = nibbles(w.packed)[: N * K].long()  # (N K,)
-    absmax = w.scale
-    if w.double_quant:
-        scale = w.absmax_scale.repeat_interleave(w.absmax_block_size)[: absmax.numel()]  # (N K / B,)
-        absmax = w.absmax_table[absmax.long()] * scale + w.absmax_offset
-    return (w.codebook[codes] * absmax.repeat_interleave(w.group_size)[: N * K]).view(N, K)
+# --- the reference: F.linear over the dequantized weight ----------------------------------------------------------
 
 
-def w4a16_linear_reference(x: torch.Tensor, w: Packed4Bit, bias: torch.Tensor | None) -> torch.Tensor:
-    """x (…, K) -> (…, N): F.linear over the dequantized weight, in x's dtype."""
-    return F.linear(x, dequantize_reference(w).to(x.dtype), None if bias is None else bias.to(x.dtype))
+def w4a16_linear_reference(x: torch.Tensor, w, bias: torch.Tensor | None) -> torch.Tensor:
+    """x (…, K) -> (…, N): F.linear over w.dequantize(x.dtype), in x's dtype. `w` is anything with the formats'
+    dequantize(dtype): a Packed4Bit, a QuantizedWeight or a WeightOnlyLinear.
+
+    The one reference of the weight-only product, for every format, 4-bit or not: WeightOnlyLinear computes this
+    wherever the kernels do not run, and the kernel tests hold the kernels to it. Ŵ comes from the format's own
+    dequantize, not from a second decoding of the packed layout here: that dequantize is what the quantizer tests
+    check (against bitsandbytes for NF4 / FP4) and what save -> load round-trips bit for bit, so a kernel-side copy
+    would be a second definition of Ŵ to keep equal to it."""
+    return F.linear(x, w.dequantize(x.dtype), None if bias is None else bias.to(x.dtype))
 
 
 # --- the kernels ---------------------------------------------------------------------------------------------------

@@ -22,9 +22,10 @@ M K + N K + 2 M N bytes: about 4 000 operations a byte, far above the H100's 1 9
 GEMM is compute-bound and its tiles are large, autotuned over a few shapes; programs go GROUP_M row tiles at a
 time so neighbours share tiles in the L2 cache.
 
-Each kernel sits beside its plain-torch reference (`quantize_rows_reference`, `w8a8_linear_reference`, the same
-operations in the same order as W8A8Linear's CPU path); `w8a8_linear` picks the kernels on CUDA when Triton
-imports, the reference elsewhere.
+Each kernel sits beside its plain-torch reference (`quantize_rows_reference`, `w8a8_linear_reference`, whose int8
+product is `int8_matmul`: torch._int_mm where it takes the shapes, an exact float64 matmul elsewhere). The
+reference is W8A8Linear's product wherever the kernels do not run: `w8a8_linear`, which W8A8Linear calls, picks the
+kernels on CUDA when Triton imports, the reference elsewhere.
 """
 
 from __future__ import annotations
@@ -40,9 +41,12 @@ EPS = torch.finfo(torch.float32).eps  # the smallest scale, as quant/uniform.py:
 
 
 def quantize_rows_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x (M, K) -> X_q (M, K) int8 and s_X (M, 1) fp32: symmetric absmax / 127 per row, round half to even.
-    127 is a tensor on x's device: on CUDA, PyTorch divides by a Python number as a multiplication by its rounded
-    reciprocal, which can miss the correctly rounded quotient (the kernel's div_rn) by one ulp."""
+    """x (M, K) -> X_q (M, K) int8 and s_X (M, 1) fp32: symmetric absmax / 127 per row, round half to even; the
+    codes and scales of quant/uniform.py's `quantize_uniform(x, 8, block_size=(1, K))` (a test checks), in fewer
+    passes over x, since a dynamic quantization runs at every call. |x| · 127 / absmax ≤ 127 rounds inside the int8
+    range, so no clamp is needed. 127 is a tensor on x's device: on CUDA, PyTorch divides by a Python number as a
+    multiplication by its rounded reciprocal, which can miss the correctly rounded quotient (the kernel's div_rn)
+    by one ulp."""
     absmax = x.float().abs().amax(-1, keepdim=True).clamp_min(EPS)  # (M, 1)
     scale = absmax / torch.full((), 127.0, device=x.device)  # (M, 1)
     return (x.float() / scale).round_().to(torch.int8), scale
@@ -76,15 +80,37 @@ def quantize_rows_triton(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 # --- the int8 GEMM with its fused epilogue -------------------------------------------------------------------------
 
 
-def exact_int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a (M, K) int8 @ b (N, K)ᵀ int8 -> (M, N) int32, exact: float64 holds every sum of K < 2^39 products ≤ 2^14."""
-    return (a.double() @ b.double().t()).to(torch.int32)
+def int_mm_supported(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """torch._int_mm's preconditions: int8 matrices on the CPU (any shape) or on CUDA, where cuBLASLt needs M > 16
+    and K, N positive multiples of 8 (the checks of `_int_mm_out_cuda`, aten/src/ATen/native/cuda/Blas.cpp)."""
+    (M, K), N = a.shape, b.shape[1]
+    if a.device.type == "cpu":
+        return True
+    return a.device.type == "cuda" and M > 16 and K > 0 and K % 8 == 0 and N > 0 and N % 8 == 0
+
+
+def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a (M, K) int8 @ b (K, N) int8 -> (M, N) int32, exact.
+
+    Fast path: torch._int_mm, whenever `int_mm_supported` (every CPU shape; CUDA shapes with M > 16 and K, N
+    multiples of 8). The reference passes b as the transposed view of the contiguous (N, K) weight, a column-major
+    (K, N) that needs no copy. Fallback, everywhere else: a float64 matmul, rounded to int32. It is exact
+    because every product |a b| ≤ 128² = 2^14 and every partial sum stays below 2^53 for K < 2^39. Either path
+    wraps around once a sum leaves int32: possible from K = 2^31 / 2^14 = 131,072 on (133,144 for codes in ±127)."""
+    if a.dtype != torch.int8 or b.dtype != torch.int8:
+        raise TypeError(f"int8_matmul multiplies int8 matrices, got {a.dtype} and {b.dtype}; quantize them first")
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"int8_matmul needs a (M, K) and b (K, N), got {tuple(a.shape)} and {tuple(b.shape)}")
+    if int_mm_supported(a, b):
+        return torch._int_mm(a, b)
+    return (a.double() @ b.double()).to(torch.int32)  # exact, see above
 
 
 def w8a8_linear_reference(x: torch.Tensor, w_codes: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """x (M, K) float, W_q (N, K) int8, s_W (N, 1) fp32, b (N,) or None -> y (M, N) in x's dtype."""
     codes, scale = quantize_rows_reference(x)  # (M, K) int8, (M, 1)
-    y = exact_int8_matmul(codes, w_codes).to(scale.dtype).mul_(scale).mul_(w_scale.t())  # (M, N) ⊙ (M, 1) ⊙ (1, N)
+    acc = int8_matmul(codes, w_codes.t())  # (M, K) @ (K, N) -> (M, N) int32; w_codes.t() is column-major
+    y = acc.to(scale.dtype).mul_(scale).mul_(w_scale.t())  # (M, N) ⊙ s_X (M, 1) ⊙ s_Wᵀ (1, N), in place
     if bias is not None:
         y = y.add_(bias)
     return y.to(x.dtype)

@@ -52,19 +52,27 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .format import QuantizedWeight, cast, check_stored_bits, register
+from .pack import pack_int4, unpack_int4
+
 SEEDING_SAMPLE = 65_536  # k-means++ seeds on at most this many values per codebook
 INITS = ("kmeans++", "linear")
 
 
+@register
 @dataclass
-class KMeansQuantized:
-    """A weight as b-bit codes into a codebook of 2^b fp32 centroids (one codebook, or one per row)."""
+class KMeansQuantized(QuantizedWeight):
+    """A weight as b-bit codes into a codebook of 2^b fp32 centroids, one codebook or one per row (format "kmeans").
 
+    Stored (`to_storage`): codes one per byte, or at 4 bits packed two per byte along each row; the codebook."""
+
+    format: ClassVar[str] = "kmeans"
     codes: torch.Tensor  # I: uint8, the weight's shape, each entry in 0 .. 2^b − 1
     codebook: torch.Tensor  # C: float32, (2^b,) per layer or (rows, 2^b) per channel, ascending (after C[0] = 0 if keep_zero)
     bits: int
@@ -73,18 +81,35 @@ class KMeansQuantized:
     def shape(self) -> torch.Size:
         return self.codes.shape
 
-    def dequantize(self) -> torch.Tensor:
-        """W ≈ C[I], in float32 whatever the dtype of the weight that was clustered."""
-        return lookup(self.codebook, self.codes)
+    @property
+    def block_size(self) -> tuple[int, ...]:
+        """The weights that share a codebook: the whole tensor, or one row (1, in) per channel."""
+        return tuple(self.shape) if self.codebook.dim() == 1 else (1, *self.shape[1:])
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """W ≈ C[I], in float32 whatever the dtype of the weight that was clustered (then cast to `dtype`, if given)."""
+        return cast(lookup(self.codebook, self.codes), dtype)
 
     @property
     def nbytes(self) -> int:
         """Real storage: the codes packed at `bits` bits each, plus the fp32 codebook(s) (eq. 1's denominator)."""
         return math.ceil(self.codes.numel() * self.bits / 8) + self.codebook.numel() * self.codebook.element_size()
 
-    @property
-    def bits_per_weight(self) -> float:
-        return 8 * self.nbytes / self.codes.numel()
+    def to_storage(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        check_stored_bits(self.bits)
+        layout = {"shape": list(self.shape), "format": self.format, "bits": self.bits}
+        return layout, {"codes": pack_int4(self.codes) if self.bits == 4 else self.codes, "codebook": self.codebook}
+
+    @classmethod
+    def from_storage(cls, layout: dict, tensors: dict[str, torch.Tensor]) -> KMeansQuantized:
+        codes = tensors["codes"]
+        if layout["bits"] == 4:
+            codes = unpack_int4(codes, layout["shape"][-1])  # (out, in / 2) -> (out, in)
+        return cls(codes, tensors["codebook"], layout["bits"])
+
+    @staticmethod
+    def stored_names(layout: dict) -> list[str]:
+        return ["codes", "codebook"]
 
 
 def lookup(codebook: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:

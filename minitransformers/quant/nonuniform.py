@@ -35,6 +35,7 @@ elements that are there, which is the same number); codes are packed two per byt
 2i in the high nibble (an odd numel keeps one spare nibble holding the code of 0.0, as in bnb); absmax is
 float32, one per block; double quantization stores bnb's `absmax` (uint8), `offset` and
 `state2.absmax`. Everything is computed in float32, dividing by multiplying with 1 / absmax, as bnb does.
+In torchao's granularity convention (quant/format.py) a block of B flat values is block_size = (B,).
 """
 
 from __future__ import annotations
@@ -42,10 +43,13 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
+from ..kernels.int4_mm import Packed4Bit
+from .format import QuantizedWeight, cast, register
 from .pack import pack_int4, unpack_int4
 
 TINY = torch.finfo(torch.float32).tiny  # an all-zero block has absmax 0: scale it by 1 / TINY, its codes are those of 0
@@ -202,16 +206,22 @@ def double_quantize(absmax: torch.Tensor, block_size: int = 256) -> DoubleQuanti
     return DoubleQuantized(codes.flatten()[: absmax.numel()], scale, offset, block_size)
 
 
+@register
 @dataclass
-class CodebookQuantized:
-    """A weight as packed 4-bit codes into a codebook, scaled by one absmax per block of `block_size` values."""
+class CodebookQuantized(QuantizedWeight):
+    """A weight as packed 4-bit codes into a codebook, scaled by one absmax per block of B flat values (format
+    "codebook"). block_size is (B,): blocks of the weight flattened row-major (see the module docstring).
 
+    Stored (`to_storage`), under bitsandbytes' layout: codes as they are, the codebook, and the absmax, or with
+    double quantization its codes, scales and offset. layout["block_size"] is B itself, as bnb's blocksize."""
+
+    format: ClassVar[str] = "codebook"
     codes: torch.Tensor  # (ceil(numel / 2),) uint8: the flattened weight's codes, packed by pack_int4
     absmax: torch.Tensor | DoubleQuantized  # (n_blocks,) float32, or double-quantized
     codebook: torch.Tensor  # (≤ 16,) float32: code -> value in [-1, 1]
     shape: torch.Size
-    dtype: torch.dtype
-    block_size: int
+    dtype: torch.dtype  # the quantized weight's dtype, that dequantize returns
+    block_size: tuple[int]  # (B,)
 
     @property
     def numel(self) -> int:
@@ -221,11 +231,12 @@ class CodebookQuantized:
         """(n_blocks,) float32, decoded first when double-quantized."""
         return self.absmax.dequantize() if isinstance(self.absmax, DoubleQuantized) else self.absmax
 
-    def dequantize(self) -> torch.Tensor:
-        """ŵ = codebook[code] · absmax of its block, computed in float32, in the original shape and dtype."""
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """ŵ = codebook[code] · absmax of its block, computed in float32, in the original shape and dtype (then cast
+        to `dtype`, if given)."""
         codes = unpack_int4(self.codes, self.numel)  # (numel,)
-        values = dequantize_codebook(codes, self.codebook) * per_element(self.block_absmax(), self.block_size, self.numel)
-        return values.view(self.shape).to(self.dtype)
+        values = dequantize_codebook(codes, self.codebook) * per_element(self.block_absmax(), self.block_size[0], self.numel)
+        return cast(values.view(self.shape).to(self.dtype), dtype)
 
     @property
     def nbytes(self) -> int:
@@ -237,6 +248,42 @@ class CodebookQuantized:
     def bits_per_weight(self) -> float:
         """4 + 32/B plain (4.5 for B = 64); ≈ 4 + 8/B + 32/(256 · B) double-quantized (≈ 4.127), plus padding."""
         return 8 * self.nbytes / self.numel
+
+    def to_storage(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        double = isinstance(self.absmax, DoubleQuantized)
+        layout = {"shape": list(self.shape), "format": self.format, "dtype": str(self.dtype).removeprefix("torch."),
+                  "block_size": self.block_size[0], "double_quant": double}  # fmt: skip
+        if not double:
+            return layout, {"codes": self.codes, "codebook": self.codebook, "absmax": self.absmax}
+        layout["absmax_block_size"] = self.absmax.block_size
+        stats = {"absmax_codes": self.absmax.codes, "absmax_scale": self.absmax.scale, "absmax_offset": self.absmax.offset}
+        return layout, {"codes": self.codes, "codebook": self.codebook, **stats}
+
+    @classmethod
+    def from_storage(cls, layout: dict, tensors: dict[str, torch.Tensor]) -> CodebookQuantized:
+        t = tensors
+        absmax = t["absmax"] if not layout["double_quant"] else DoubleQuantized(
+            t["absmax_codes"], t["absmax_scale"], t["absmax_offset"], layout["absmax_block_size"]
+        )  # fmt: skip
+        shape, dtype = torch.Size(layout["shape"]), getattr(torch, layout["dtype"])
+        return cls(t["codes"], absmax, t["codebook"], shape, dtype, (layout["block_size"],))
+
+    @staticmethod
+    def stored_names(layout: dict) -> list[str]:
+        return ["codes", "codebook"] + (["absmax_codes", "absmax_scale", "absmax_offset"] if layout["double_quant"] else ["absmax"])
+
+    @classmethod
+    def packed_4bit(cls, layout: dict, tensors: dict[str, torch.Tensor]) -> Packed4Bit:
+        """Every codebook layout: the NF4 / FP4 blocks of the W4A16 kernels, double-quantized absmax decoded in place."""
+        t, shape, block = tensors, tuple(layout["shape"]), layout["block_size"]
+        decode = functools.partial(cls.from_storage, layout, tensors)
+        if not layout["double_quant"]:
+            return Packed4Bit(t["codes"], t["absmax"], shape, block, decode, codebook=t["codebook"])
+        return Packed4Bit(
+            t["codes"], t["absmax_codes"], shape, block, decode, codebook=t["codebook"], absmax_scale=t["absmax_scale"],
+            absmax_offset=t["absmax_offset"], absmax_table=dynamic_codebook_on(t["codes"].device),
+            absmax_block_size=layout["absmax_block_size"],
+        )  # fmt: skip
 
 
 def quantize_blockwise(w: torch.Tensor, codebook: torch.Tensor, block_size: int = 64, double_quant: bool = False) -> CodebookQuantized:
@@ -257,7 +304,7 @@ def quantize_blockwise(w: torch.Tensor, codebook: torch.Tensor, block_size: int 
     codes = quantize_codebook(normalise(blocks, absmax), codebook).flatten()  # (n_blocks · B,)
     codes = codes[: w.numel() + w.numel() % 2]  # an odd numel keeps one padding code, the code of 0.0, as bnb does
     stored = double_quantize(absmax) if double_quant else absmax
-    return CodebookQuantized(pack_int4(codes), stored, codebook, w.shape, w.dtype, block_size)
+    return CodebookQuantized(pack_int4(codes), stored, codebook, w.shape, w.dtype, (block_size,))
 
 
 def quantize_nf4(w: torch.Tensor, block_size: int = 64, double_quant: bool = False) -> CodebookQuantized:

@@ -21,10 +21,11 @@ Two schemes (Nagel et al., sections 2.2 and 2.2.1):
   clips +absmax by half a step.
 
 Rounding is torch.round, half to even, applied to r / S before Z is added (as Jacob et al. and torch do: with
-half-to-even, round(r / S + Z) would differ at ties). Codes are stored one per byte, unpacked; `UniformQuantized.nbytes`
-counts them as a packed layout stores them. A block whose values are all 0 would give S = 0 and 0 / 0 = NaN, so S
-is clamped below by EPS = float32's machine epsilon, as torch's observers do: such a block quantizes to Z and
-dequantizes to exactly 0 (the cost: a block whose values are all below about EPS · q_max rounds to 0 too).
+half-to-even, round(r / S + Z) would differ at ties). `UniformQuantized` holds codes one per byte, unpacked (its
+`to_storage` packs 4-bit codes two per byte), and its `nbytes` counts them packed. A block whose values are all 0
+would give S = 0 and 0 / 0 = NaN, so S is clamped below by EPS = float32's machine epsilon, as torch's observers do:
+such a block quantizes to Z and dequantizes to exactly 0 (the cost: a block whose values are all below about
+EPS · q_max rounds to 0 too).
 
 Granularity (Nagel et al., section 2.2.3) is a `block_size` with one entry per dimension, torchao's convention
 (torchao.quantization.quant_primitives): each block of that shape gets its own S and Z, so scales are shaped
@@ -54,8 +55,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
+from typing import ClassVar
 
 import torch
+
+from ..kernels.int4_mm import Packed4Bit
+from .format import QuantizedWeight, cast, check_stored_bits, register
+from .pack import pack_int4, unpack_int4
 
 EPS = torch.finfo(torch.float32).eps  # the smallest scale: keeps all-zero blocks from dividing 0 by 0
 
@@ -199,10 +206,15 @@ def fake_quantize(x: torch.Tensor, scale, zero_point, bits: int, block_size, sym
 # --- a quantized tensor --------------------------------------------------------------------------------------------
 
 
+@register
 @dataclass
-class UniformQuantized:
-    """A tensor stored as b-bit codes with one scale and zero point per block."""
+class UniformQuantized(QuantizedWeight):
+    """A tensor stored as b-bit codes with one scale and zero point per block (format "uniform").
 
+    Stored (`to_storage`): codes one per byte, or at 4 bits packed two per byte along each row by `pack_int4`
+    (symmetric codes [-7, 7] stored + 8, as [1, 15]); scale; zero_point if affine (a symmetric one is 0)."""
+
+    format: ClassVar[str] = "uniform"
     codes: torch.Tensor  # x's shape; int8 (symmetric) or uint8 (affine), one code per byte
     scale: torch.Tensor  # (n0, n1, …): one per block
     zero_point: torch.Tensor  # (n0, n1, …): int8 zeros (symmetric) or uint8
@@ -214,8 +226,9 @@ class UniformQuantized:
     def shape(self) -> torch.Size:
         return self.codes.shape
 
-    def dequantize(self) -> torch.Tensor:
-        return dequantize(self.codes, self.scale, self.zero_point, self.block_size)
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """S (q − Z), computed in the scale's dtype (float32, or float64 for a float64 tensor)."""
+        return cast(dequantize(self.codes, self.scale, self.zero_point, self.block_size), dtype)
 
     @property
     def nbytes(self) -> int:
@@ -225,6 +238,37 @@ class UniformQuantized:
         scales = self.scale.numel() * self.scale.element_size()
         zero_points = 0 if self.symmetric else self.zero_point.numel() * self.zero_point.element_size()
         return codes + scales + zero_points
+
+    def to_storage(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        check_stored_bits(self.bits)
+        codes = self.codes
+        if self.bits == 4:
+            codes = pack_int4(codes + 8 if self.symmetric else codes)  # symmetric [-7, 7] -> [1, 15]; (out, in / 2)
+        layout = {"shape": list(self.shape), "format": self.format, "bits": self.bits, "block_size": list(self.block_size),
+                  "symmetric": self.symmetric}  # fmt: skip
+        return layout, {"codes": codes, "scale": self.scale, **({} if self.symmetric else {"zero_point": self.zero_point})}
+
+    @classmethod
+    def from_storage(cls, layout: dict, tensors: dict[str, torch.Tensor]) -> UniformQuantized:
+        codes, scale, symmetric = tensors["codes"], tensors["scale"], layout["symmetric"]
+        if layout["bits"] == 4:
+            codes = unpack_int4(codes, layout["shape"][-1])  # (out, in) uint8 in [0, 15]
+            codes = codes.to(torch.int8) - 8 if symmetric else codes
+        zero_point = torch.zeros_like(scale, dtype=torch.int8) if symmetric else tensors["zero_point"]
+        return cls(codes, scale, zero_point, layout["bits"], tuple(layout["block_size"]), symmetric)
+
+    @staticmethod
+    def stored_names(layout: dict) -> list[str]:
+        return ["codes", "scale"] + ([] if layout["symmetric"] else ["zero_point"])
+
+    @classmethod
+    def packed_4bit(cls, layout: dict, tensors: dict[str, torch.Tensor]) -> Packed4Bit | None:
+        """4-bit codes in groups along each row (block_size (1, G)): the int4 layout of the W4A16 kernels."""
+        if layout["bits"] != 4 or layout["block_size"][0] != 1:
+            return None
+        decode = partial(cls.from_storage, layout, tensors)
+        return Packed4Bit(tensors["codes"], tensors["scale"], tuple(layout["shape"]), layout["block_size"][1], decode,
+                          zero_point=tensors.get("zero_point"))  # fmt: skip
 
 
 @torch.no_grad()
