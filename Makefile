@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-DATA_TEST := minilm sentiment stsb wikitext2
+DATA_TEST := minilm sentiment stsb wikitext2 smollm2
 
 .PHONY: test test-slow test-without-extras experiment bench data clean
 
@@ -27,7 +27,7 @@ test-slow: $(STAMP)
 # The suite as on a machine without the test extra: only the parity tests may skip (tests/conftest.py hides them).
 test-without-extras: $(STAMP)
 	$(PY) -m minitransformers fetch $(DATA_TEST)
-	MINITRANSFORMERS_HIDE=transformers,peft,bitsandbytes,triton $(PY) -m pytest -q -rs
+	MINITRANSFORMERS_HIDE=transformers,peft,bitsandbytes,triton,gguf $(PY) -m pytest -q -rs
 
 experiment: $(STAMP)
 	$(PY) -m minitransformers fetch $(DATA_TEST)

