@@ -325,7 +325,7 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lora-r", type=int, default=8, help="lora, qlora: rank r (default: 8, Hu et al.)")
     g.add_argument("--lora-alpha", type=float, default=16, help="lora, qlora: the update is scaled by alpha / r (default: 16)")
     g.add_argument("--lora-dropout", type=float, default=0.0, help="lora, qlora: dropout on the input of the low-rank path (default: 0)")
-    g.add_argument("--lora-targets", nargs="+", help="lora, qlora: adapt the linears whose names end with these (default: query value for lora, as Hu et al.; every Linear of the layers for qlora, as Dettmers et al.: query key value out up down)")
+    g.add_argument("--lora-targets", nargs="+", help="lora, qlora: adapt the linears whose names end with these (default: query value for lora, as Hu et al.; every Linear of the layers for qlora, as Dettmers et al.: query key value out (gate) up down)")
     g.add_argument("--no-double-quant", action="store_true", help="qlora: keep the NF4 block absmax in float32 (4.5 bits a weight) instead of quantizing them to 8 bits (about 4.127)")
     g.add_argument("--reduction-factor", type=float, default=16, help="houlsby / pfeiffer: bottleneck = hidden size / this (default: 16)")
     g.add_argument("--adapter-layernorm", action=argparse.BooleanOptionalAction, default=None, help="houlsby / pfeiffer: train the LayerNorms too (default: yes for houlsby, no for pfeiffer, as the papers)")

@@ -33,6 +33,12 @@ Where they go, in our post-LN layer  x ← LN₁(x + drop(attn(x))),  x ← LN�
   We wrap the LayerNorm `ffn_norm`. This is the `adapters` library's SeqBnConfig (original_ln_before,
   residual_before_ln and original_ln_after all True). The LayerNorms stay frozen by default, as there.
 
+On the decoder (model/decoder.py), a pre-norm layer with RMSNorm,  x ← x + attn(RMSNorm₁(x)),
+x ← x + ffn(RMSNorm₂(x)), Houlsby's placement is the same: a(·) on the output of `attention.out` and `ffn.down`,
+before the residual add,  x ← x + a₁(attn(RMSNorm₁(x))),  x ← x + a₂(ffn(RMSNorm₂(x))),  and
+`train_layernorm` trains the RMSNorm gains g (every RMSNorm, the final one included). Pfeiffer's is refused:
+it re-applies the LayerNorm that follows the FFN's residual add, and a pre-norm layer has none there.
+
 Both wrappers keep the wrapped module's `weight` and `bias` under its own name, so the base model's parameter
 names do not change (a base checkpoint still loads) and every new parameter has `adapter` in its name.
 The wrappers act on the last dimension only, so they work on padded (B, T, H) and packed (N, H) tokens alike.
@@ -60,6 +66,7 @@ from functools import partial
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..model.decoder import DecoderLayer, RMSNorm
 from ..model.encoder import EncoderLayer
 from .common import PEFTModule, attach, head_names, in_head, base_requires_grad, detach, mark_only_trainable, refuse_stacking
 
@@ -153,8 +160,9 @@ def add_adapters(
     non_linearity: str | None = None,
     train_layernorm: bool | None = None,
 ) -> nn.Module:
-    """Insert bottleneck adapters into every encoder layer of `model` (an Encoder, or a model holding one), in
-    place, and freeze all but the adapters, the task head and, with `train_layernorm`, every LayerNorm.
+    """Insert bottleneck adapters into every layer of `model` (an Encoder or a Decoder, or a model holding one),
+    in place, and freeze all but the adapters, the task head and, with `train_layernorm`, every LayerNorm (every
+    RMSNorm, on the decoder). On the decoder only "houlsby" applies: "pfeiffer" is refused (module docstring).
 
     kind: "houlsby" (two adapters per layer) or "pfeiffer" (one, after the FFN). The bottleneck has
     hidden_size // reduction_factor dimensions. `non_linearity` (one of NON_LINEARITIES) and `train_layernorm`
@@ -169,9 +177,12 @@ def add_adapters(
     if non_linearity not in NON_LINEARITIES:
         raise ValueError(f"unknown non_linearity {non_linearity!r}; use one of {sorted(NON_LINEARITIES)}")
     refuse_stacking(model, "adapters")
-    layers = [m for m in model.modules() if isinstance(m, EncoderLayer)]
+    layers = [m for m in model.modules() if isinstance(m, (EncoderLayer, DecoderLayer))]
     if not layers:
-        raise ValueError(f"{type(model).__name__} has no EncoderLayer; add_adapters patches a minitransformers Encoder")
+        raise ValueError(f"{type(model).__name__} has no EncoderLayer or DecoderLayer; add_adapters patches a minitransformers Encoder or Decoder")
+    if kind == "pfeiffer" and isinstance(layers[0], DecoderLayer):
+        raise ValueError(f"{type(model).__name__} has pre-norm DecoderLayers (RMSNorm before each block): pfeiffer adapters re-apply the "
+                         "LayerNorm after the FFN's residual add, which these layers do not have; use kind='houlsby'")
     H = layers[0].ffn.down.out_features
     if reduction_factor <= 0 or H // reduction_factor < 1:
         raise ValueError(
@@ -195,7 +206,7 @@ def add_adapters(
     norms = {
         f"{name}.{p}"
         for name, module in model.named_modules()
-        if isinstance(module, (nn.LayerNorm, AdaptedLayerNorm))
+        if isinstance(module, (nn.LayerNorm, RMSNorm, AdaptedLayerNorm))
         for p in ("weight", "bias")
     }
     layernorms = {n: p for n, p in model.named_parameters() if n in norms and not in_head(n, head_names(model))} if train_layernorm else None

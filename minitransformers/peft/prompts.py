@@ -11,6 +11,12 @@ it and it goes through the embedding LayerNorm. The attention mask gets n ones i
 wraps the encoder and returns the states of the real tokens only (B, T, H), so a classifier pools as before;
 `forward_with_prompt` returns all n + T. Parameters: n·H.
 
+On the decoder (model/decoder.py), as peft does for a causal LM (it prepends the prompt to `inputs_embeds` and
+extends the attention mask): h_0 = [P; E[x]], the prompt takes rotary positions 0 … n−1 and the real tokens
+n … n+T−1, and causal attention lets every real token see the whole prompt. `PromptTunedDecoder` returns the
+real tokens' states (B, T, H). Generating, the prompt fills the first n cache slots at the prefill; the
+caller's masks, positions and slots count the real tokens only, so generate.py runs it unchanged.
+
 Paper defaults (T5, text-to-text): prompt length 100 (section 3.2: beyond 20 tokens the gains are marginal,
 and with the largest model even 1 token does well); Adafactor at a constant learning rate of 0.3, batch 32,
 30,000 steps. Initialisation (section 3.2, Figure 3b): class-label words best, then "sampled vocab" (the
@@ -22,32 +28,40 @@ init), or "random" (the paper's uniform range).
 Prefix tuning, Li & Liang 2021, "Prefix-Tuning: Optimizing Continuous Prompts for Generation", section 4.2:
 every layer l gets its own n key rows and n value rows, prepended after the projections,
 
-    head_i = softmax(Q_i [P_k^l; K_i]ᵀ / √d + [0; M]) [P_v^l; V_i]          P_k^l, P_v^l ∈ R^{n×H}
+    head_i = softmax(Q_i [P_k^l; K_i]ᵀ / √d + [0; M]) [P_v^l; V_i]          P_k^l, P_v^l ∈ R^{n×Hkv}
 
 so each query also attends to the prefix; queries are not extended, the output keeps length T. The real tokens
-keep positions 0 … T−1: a prefix is keys and values, not tokens, so it takes no positions. (peft on BERT passes
-the prefix as `past_key_values`, which shifts the positions to n … n+T−1; the parity test undoes that shift.)
-Parameters: n·2·H·L. Section 4.3: training P directly is unstable, so it is reparameterised as
-P = MLP(P'), P' ∈ R^{n×H}, MLP = Linear(H, d) → tanh → Linear(d, L·2·H); after training only P is kept
+keep positions 0 … T−1: a prefix is keys and values, not tokens, so it takes no positions. (peft passes the
+prefix as `past_key_values`, which shifts the positions to n … n+T−1, on BERT and on Llama alike; the parity
+tests undo that shift.) A prefix row has the width of a key, Hkv = num_kv_heads · head_dim: H on the encoder,
+less on a decoder with grouped-query attention (peft's `token_dim` for such models). On the decoder the prefix
+keys are not rotated (peft's cached keys are not either) and come before every cache slot, at every step.
+Parameters: n·2·Hkv·L. Section 4.3: training P directly is unstable, so it is reparameterised as
+P = MLP(P'), P' ∈ R^{n×Hkv}, MLP = Linear(Hkv, d) → tanh → Linear(d, L·2·Hkv); after training only P is kept
 (`merge_prefix`). Paper defaults: prefix length 10 for table-to-text and 200 for summarization (section 7.2),
-the MLP reparameterisation; its hidden size d is peft's `encoder_hidden_size`, which defaults to H.
+the MLP reparameterisation; its hidden size d is peft's `encoder_hidden_size`, which defaults to Hkv.
 
 Names: parameters contain `prompt` or `prefix`; the base keeps every name. Each method overrides one step of
 the modules it changes and leaves their parameters where they are: prompt tuning makes the encoder a
-`PromptTunedEncoder`, which feeds [P; E_word[x]] to the encoder as `inputs_embeds` (adding `encoder.prompt`);
-prefix tuning makes each attention a `PrefixSelfAttention`, whose `attend` step prepends the prefix to K and V
-(adding `encoder.prefix.…`). The class of the existing module is swapped, as `torch.nn.utils.parametrize` does,
-so that `remove_prompt_tuning` / `remove_prefix_tuning` give the very same modules back.
+`PromptTunedEncoder` (the decoder a `PromptTunedDecoder`), which feeds [P; E_word[x]] to it as `inputs_embeds`
+(adding `encoder.prompt` or `decoder.prompt`); prefix tuning gives each attention the `PrefixAttention` step
+`attend`, which prepends the prefix to K and V, on top of the attention's own class (`SelfAttention` ->
+`PrefixSelfAttention`, the decoder's `CausalSelfAttention`, with its rotary and cache `project` step, ->
+`PrefixCausalSelfAttention`), adding `encoder.prefix.…` or `decoder.prefix.…`. The class of the existing module
+is swapped, as `torch.nn.utils.parametrize` does, so that `remove_prompt_tuning` / `remove_prefix_tuning` give
+the very same modules, of their very classes, back.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..model.attention import SelfAttention
+from ..model.decoder import Decoder
 from ..model.encoder import Encoder
 from ..text.tokenizer import Tokenizer
 from .common import PEFTModule, attach, base_requires_grad, detach, mark_only_trainable, refuse_stacking
@@ -73,11 +87,19 @@ class PrefixTuningConfig:
     projection_dim: int | None = None
 
 
-def _encoder_of(model: nn.Module) -> Encoder:
-    encoder = getattr(model, "encoder", None)
-    if not isinstance(encoder, Encoder):
-        raise TypeError(f"expected a model with an Encoder at `.encoder` (SequenceClassifier, MaskedLM); got {type(model).__name__} whose encoder is {type(encoder).__name__}")
-    return encoder
+def _base_of(model: nn.Module) -> Encoder | Decoder:
+    """The model's Encoder (`model.encoder`) or Decoder (`model.decoder`), which the soft prompts patch."""
+    encoder, decoder = getattr(model, "encoder", None), getattr(model, "decoder", None)
+    if isinstance(encoder, Encoder):
+        return encoder
+    if isinstance(decoder, Decoder):
+        return decoder
+    raise TypeError(f"expected a model with an Encoder at `.encoder` (SequenceClassifier, MaskedLM) or a Decoder at `.decoder` (CausalLM); "
+                    f"got {type(model).__name__} whose encoder is {type(encoder).__name__} and decoder {type(decoder).__name__}")
+
+
+def _word_embeddings(base: Encoder | Decoder) -> nn.Embedding:
+    return base.embeddings.word if isinstance(base, Encoder) else base.embed
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -118,6 +140,51 @@ class PromptTunedEncoder(PEFTModule, Encoder):
         return super().forward(attention_mask=attention_mask, token_type_ids=token_type_ids, inputs_embeds=embeds)
 
 
+class PromptTunedDecoder(PEFTModule, Decoder):
+    """A Decoder run over [P; x]: the prompt takes positions and cache slots 0 … n−1, the real tokens follow. The
+    masks, positions and slots its forward is given count the real tokens only; it shifts them by n. Made by
+    `add_prompt_tuning` from an existing Decoder (its class swapped); `prompt` (n, H) is the one new parameter."""
+
+    prompt: nn.Parameter
+
+    @property
+    def num_virtual_tokens(self) -> int:
+        return self.prompt.size(0)
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, caches=None, cache_position=None, inputs_embeds=None) -> torch.Tensor:
+        """-> the real tokens' states (B, T, H). Without caches, and at the prefill (the call that writes slot 0), the
+        prompt goes in front, and each cache gets n more slots for it; a decode step then writes at its slot + n."""
+        if not self.enabled:
+            return super().forward(input_ids, attention_mask, position_ids, caches, cache_position, inputs_embeds)
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("give exactly one of input_ids and inputs_embeds")
+        if caches is not None and cache_position is None:
+            raise ValueError("decoding with caches needs cache_position, the slots the T new tokens take")
+        words = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
+        (B, T, _), n = words.shape, self.num_virtual_tokens
+        if attention_mask is not None:
+            attention_mask = torch.cat([attention_mask.new_ones(B, n), attention_mask], dim=1)  # (B, n + T), or n + S slots
+        if position_ids is not None:
+            position_ids = position_ids + n  # (B, T): the real tokens come after the prompt
+        if caches is not None and int(cache_position[0]) > 0:  # a decode step: the prompt is in slots 0 … n−1 already
+            return super().forward(None, attention_mask, position_ids, caches, cache_position + n, words)
+        S, limit = T if caches is None else caches[0].k.size(2), self.config.max_position_embeddings
+        if n + S > limit:
+            raise ValueError(f"{n} virtual tokens + {S} tokens = {n + S} positions, more than max_position_embeddings {limit}; use at most {limit - n} tokens (input and new ones) or fewer virtual tokens")
+        first = torch.arange(n, device=words.device)  # (n,): the prompt's positions and slots
+        if position_ids is not None:
+            position_ids = torch.cat([first.expand(B, n), position_ids], dim=1)  # (B, n + T)
+        if caches is not None:
+            for cache in caches:  # made for the real tokens (B, nkv, S, hd), as generate.py makes them: n more slots
+                cache.k, cache.v = (t.new_zeros(*t.shape[:2], n + S, t.size(3)) for t in (cache.k, cache.v))  # (B, nkv, n + S, hd)
+            cache_position = torch.cat([first, cache_position + n])  # (n + T,)
+        embeds = torch.cat([self.prompt.to(words.dtype).expand(B, n, -1), words], dim=1)  # (B, n + T, H)
+        return super().forward(None, attention_mask, position_ids, caches, cache_position, embeds)[:, n:]
+
+
+PROMPT_TUNED = {Encoder: PromptTunedEncoder, Decoder: PromptTunedDecoder}  # the base's class -> its prompt-tuned class
+
+
 def init_prompt(word_embeddings: nn.Embedding, num_virtual_tokens: int, init: str, init_text: str | None = None, tokenizer: Tokenizer | None = None) -> torch.Tensor:
     """The initial P (n, H): see the module docstring for the three ways."""
     n, (V, H) = num_virtual_tokens, word_embeddings.weight.shape
@@ -128,8 +195,9 @@ def init_prompt(word_embeddings: nn.Embedding, num_virtual_tokens: int, init: st
     elif init == "text":
         if init_text is None or tokenizer is None:
             raise ValueError("init 'text' needs init_text and the tokenizer of the model")
-        # As peft: the text with its special tokens ([CLS] … [SEP]), repeated until n ids, then cut to n.
-        text_ids = tokenizer.encode([init_text])[0][0]
+        # As peft: the text with the special tokens the tokenizer adds ([CLS] … [SEP]; none for SmolLM2's), repeated
+        # until n ids, then cut to n.
+        text_ids = tokenizer([init_text])["input_ids"][0].tolist()
         ids = torch.tensor((text_ids * -(-n // len(text_ids)))[:n])
     else:
         raise ValueError(f"unknown prompt init {init!r}; use one of {PROMPT_INITS}")
@@ -137,8 +205,8 @@ def init_prompt(word_embeddings: nn.Embedding, num_virtual_tokens: int, init: st
 
 
 def add_prompt_tuning(model: nn.Module, num_virtual_tokens: int = 20, init: str = "vocab", init_text: str | None = None, tokenizer: Tokenizer | None = None) -> nn.Module:
-    """Replace `model.encoder` by a `PromptTunedEncoder` with n = `num_virtual_tokens` learned vectors, and
-    freeze all but the prompt and the head. Returns the model.
+    """Make `model.encoder` a `PromptTunedEncoder` (`model.decoder` a `PromptTunedDecoder`) with n =
+    `num_virtual_tokens` learned vectors, and freeze all but the prompt and the head. Returns the model.
 
     Defaults: 20 tokens (Lester et al. section 3.2: gains past 20 are marginal; the paper's runs use 100) and
     "vocab" init (sampled vocabulary beats random init in the paper; peft's default is random).
@@ -147,26 +215,27 @@ def add_prompt_tuning(model: nn.Module, num_virtual_tokens: int = 20, init: str 
     [P; x], the first *virtual* token, through BERT's pooler. We pool the real [CLS] (or average the real
     tokens), because that is the vector the pretrained pooler and sentence embeddings were trained on, mean
     pooling must not average learned vectors into a sentence embedding, and the head then reads the same
-    token whatever the method, so methods compare like for like.
+    token whatever the method, so methods compare like for like. A causal LM reads the real tokens' logits.
     """
     if num_virtual_tokens < 1:
         raise ValueError(f"num_virtual_tokens is {num_virtual_tokens}; use at least 1")
-    encoder = _encoder_of(model)
+    base = _base_of(model)
     refuse_stacking(model, "prompt_tuning")
     frozen = base_requires_grad(model)
-    prompt = init_prompt(encoder.embeddings.word, num_virtual_tokens, init, init_text, tokenizer)
-    encoder.__class__ = PromptTunedEncoder  # the same module, its forward now prepends the prompt
-    encoder.prompt = nn.Parameter(prompt.to(encoder.embeddings.word.weight.device))  # P (n, H)
+    words = _word_embeddings(base)
+    prompt = init_prompt(words, num_virtual_tokens, init, init_text, tokenizer)
+    base.__class__ = PROMPT_TUNED[type(base)]  # the same module, its forward now prepends the prompt
+    base.prompt = nn.Parameter(prompt.to(words.weight.device))  # P (n, H)
     attach(model, "prompt_tuning", frozen)
     return mark_only_trainable(model, ("prompt",))
 
 
 def remove_prompt_tuning(model: nn.Module) -> nn.Module:
-    """The base model back: the encoder a plain Encoder again, without its prompt. Prompt tuning has no merge:
-    the prompt is an input, not a change of any weight."""
-    encoder = _encoder_of(model)
-    del encoder.prompt
-    encoder.__class__ = Encoder
+    """The base model back: the encoder a plain Encoder (the decoder a plain Decoder) again, without its prompt.
+    Prompt tuning has no merge: the prompt is an input, not a change of any weight."""
+    base = _base_of(model)
+    del base.prompt
+    base.__class__ = {prompted: plain for plain, prompted in PROMPT_TUNED.items()}[type(base)]
     return detach(model, "prompt_tuning")
 
 
@@ -175,56 +244,67 @@ def remove_prompt_tuning(model: nn.Module) -> nn.Module:
 
 
 class PrefixTable(nn.Module):
-    """The prefixes as plain parameters: `table` (L, 2, n, H), keys [l, 0] and values [l, 1] of every layer."""
+    """The prefixes as plain parameters: `table` (L, 2, n, Hkv), keys [l, 0] and values [l, 1] of every layer."""
 
     def __init__(self, table: torch.Tensor):
         super().__init__()
         self.table = nn.Parameter(table)
 
     def forward(self) -> torch.Tensor:
-        return self.table  # (L, 2, n, H)
+        return self.table  # (L, 2, n, Hkv)
 
 
 class PrefixMLP(nn.Module):
-    """Li & Liang section 4.3: P = MLP(P'), with P' (n, H) and MLP = Linear(H, d) → tanh → Linear(d, L·2·H)."""
+    """Li & Liang section 4.3: P = MLP(P'), with P' (n, Hkv) and MLP = Linear(Hkv, d) → tanh → Linear(d, L·2·Hkv)."""
 
-    def __init__(self, num_virtual_tokens: int, hidden_size: int, num_layers: int, projection_dim: int):
+    def __init__(self, num_virtual_tokens: int, width: int, num_layers: int, projection_dim: int):
         super().__init__()
         self.num_layers = num_layers
-        self.embedding = nn.Parameter(torch.randn(num_virtual_tokens, hidden_size))  # P' (n, H), N(0, 1) as peft
-        self.up = nn.Linear(hidden_size, projection_dim)
-        self.down = nn.Linear(projection_dim, num_layers * 2 * hidden_size)
+        self.embedding = nn.Parameter(torch.randn(num_virtual_tokens, width))  # P' (n, Hkv), N(0, 1) as peft
+        self.up = nn.Linear(width, projection_dim)
+        self.down = nn.Linear(projection_dim, num_layers * 2 * width)
 
     def forward(self) -> torch.Tensor:
-        flat = self.down(torch.tanh(self.up(self.embedding)))  # (n, L·2·H), peft's layout
-        n, H = self.embedding.shape
-        return flat.view(n, self.num_layers, 2, H).permute(1, 2, 0, 3)  # (L, 2, n, H)
+        flat = self.down(torch.tanh(self.up(self.embedding)))  # (n, L·2·Hkv), peft's layout
+        n, width = self.embedding.shape
+        return flat.view(n, self.num_layers, 2, width).permute(1, 2, 0, 3)  # (L, 2, n, Hkv)
 
 
-class PrefixSelfAttention(PEFTModule, SelfAttention):
-    """A SelfAttention whose `attend` step puts layer `layer`'s prefix in front of its keys and values. Made by
-    `add_prefix_tuning` from an existing SelfAttention (its class swapped; its projections and names kept). The
-    prefix module is held, not registered: the encoder owns it (`encoder.prefix`), so that its parameters appear
+class PrefixAttention(PEFTModule):
+    """The one step prefix tuning changes in a SelfAttention (or any subclass): `attend` puts layer `layer`'s
+    prefix in front of its keys and values. `with_prefix` puts it on top of the attention's own class, so that
+    the other steps (the decoder's rotary and cache `project`) stay the attention's own. The prefix module is
+    held, not registered: the base owns it (`encoder.prefix`, `decoder.prefix`), so that its parameters appear
     once in the state dict, and one MLP serves every layer."""
 
     layer: int
 
     def attend(self, q, k, v, bias):
-        """q (B, nh, T, hd), k, v (B, nh, T, hd) -> softmax(Q [P_k; K]ᵀ / √d + [0; M]) [P_v; V]: (B, nh, T, hd)."""
+        """q (B, nh, T, hd), k, v (B, nkv, S, hd) -> softmax(Q [P_k; K]ᵀ / √d + [0; M]) [P_v; V]: (B, nh, T, hd)."""
         if not self.enabled:
             return super().attend(q, k, v, bias)
         B = k.size(0)
-        prefix_k, prefix_v = self.prefix()[self.layer].to(k.dtype)  # (n, H) each; the MLP runs per layer, tiny next to it
+        prefix_k, prefix_v = self.prefix()[self.layer].to(k.dtype)  # (n, Hkv) each; the MLP runs per layer, tiny next to it
         n = prefix_k.size(0)
-        k = torch.cat([self.split_heads(prefix_k.expand(B, n, -1)), k], dim=2)  # (B, nh, n + T, hd)
-        v = torch.cat([self.split_heads(prefix_v.expand(B, n, -1)), v], dim=2)  # (B, nh, n + T, hd)
-        if bias is not None:
-            bias = torch.cat([bias.new_zeros(bias.size(0), 1, 1, n), bias], dim=-1)  # (B, 1, 1, n + T): the prefix is never masked
+        k = torch.cat([self.split_heads(prefix_k.expand(B, n, -1)), k], dim=2)  # (B, nkv, n + S, hd)
+        v = torch.cat([self.split_heads(prefix_v.expand(B, n, -1)), v], dim=2)  # (B, nkv, n + S, hd)
+        if bias is not None:  # (B, 1, 1, S) from the encoder, (B, 1, T, S) from the decoder
+            bias = torch.cat([bias.new_zeros(*bias.shape[:-1], n), bias], dim=-1)  # (B, 1, 1 or T, n + S): the prefix is never masked
         return super().attend(q, k, v, bias)
 
 
-def _prefix_attentions(encoder: Encoder) -> list[PrefixSelfAttention]:
-    return [layer.attention for layer in encoder.layers if isinstance(layer.attention, PrefixSelfAttention)]
+@functools.cache
+def with_prefix(attention_class: type[SelfAttention]) -> type:
+    """The class `Prefix<attention_class>`: PrefixAttention's `attend` over the rest of `attention_class`, which it
+    keeps as `base_class`, for `remove_prefix_tuning`. Made once per class, so all layers share one."""
+    return type(f"Prefix{attention_class.__name__}", (PrefixAttention, attention_class), {"__module__": __name__, "base_class": attention_class})
+
+
+PrefixSelfAttention = with_prefix(SelfAttention)  # the encoder's
+
+
+def _prefix_attentions(base: Encoder | Decoder) -> list[PrefixAttention]:
+    return [layer.attention for layer in base.layers if isinstance(layer.attention, PrefixAttention)]
 
 
 def add_prefix_tuning(model: nn.Module, num_virtual_tokens: int = 20, reparameterize: bool = True, projection_dim: int | None = None) -> nn.Module:
@@ -233,54 +313,57 @@ def add_prefix_tuning(model: nn.Module, num_virtual_tokens: int = 20, reparamete
 
     reparameterize: learn P through the paper's MLP (section 4.3; peft's `prefix_projection`, off by default
     there); `merge_prefix` drops the MLP after training. projection_dim: the MLP's hidden size d, by default
-    the model's hidden size H (peft's `encoder_hidden_size` default). Defaults: 20 rows (peft's examples;
-    the paper uses 10 for table-to-text and 200 for summarization). Initialisation as peft: P' or P ~ N(0, 1).
+    the width of a key, Hkv (peft's `encoder_hidden_size` default; H on the encoder). Defaults: 20 rows (peft's
+    examples; the paper uses 10 for table-to-text and 200 for summarization). Initialisation as peft: P' or
+    P ~ N(0, 1).
     """
     if num_virtual_tokens < 1:
         raise ValueError(f"num_virtual_tokens is {num_virtual_tokens}; use at least 1")
     if projection_dim is not None and not reparameterize:
         raise ValueError("projection_dim sizes the reparameterisation MLP; pass reparameterize=True or drop projection_dim")
-    encoder = _encoder_of(model)
+    base = _base_of(model)
     refuse_stacking(model, "prefix_tuning")
     frozen = base_requires_grad(model)
-    L, H = encoder.config.num_layers, encoder.config.hidden_size
-    device = encoder.embeddings.word.weight.device
+    attention = base.layers[0].attention
+    L, width = len(base.layers), attention.num_kv_heads * attention.head_dim  # Hkv
+    device = _word_embeddings(base).weight.device
     if reparameterize:
-        encoder.prefix = PrefixMLP(num_virtual_tokens, H, L, projection_dim or H).to(device)
+        base.prefix = PrefixMLP(num_virtual_tokens, width, L, projection_dim or width).to(device)
     else:
-        encoder.prefix = PrefixTable(torch.randn(L, 2, num_virtual_tokens, H, device=device))
-    for i, layer in enumerate(encoder.layers):
-        layer.attention.__class__ = PrefixSelfAttention  # the same module, its attend step now sees the prefix
+        base.prefix = PrefixTable(torch.randn(L, 2, num_virtual_tokens, width, device=device))
+    for i, layer in enumerate(base.layers):
+        layer.attention.__class__ = with_prefix(type(layer.attention))  # the same module, its attend step now sees the prefix
         layer.attention.layer = i
-        object.__setattr__(layer.attention, "prefix", encoder.prefix)
+        object.__setattr__(layer.attention, "prefix", base.prefix)
     attach(model, "prefix_tuning", frozen)
     return mark_only_trainable(model, ("prefix",))
 
 
 def remove_prefix_tuning(model: nn.Module) -> nn.Module:
-    """The base model back: every attention a plain SelfAttention again, the prefix gone."""
-    encoder = _encoder_of(model)
-    for attention in _prefix_attentions(encoder):
+    """The base model back: every attention of its own class again (SelfAttention, CausalSelfAttention), the prefix gone."""
+    base = _base_of(model)
+    for attention in _prefix_attentions(base):
         del attention.layer, attention.prefix
-        attention.__class__ = SelfAttention
-    del encoder.prefix
+        attention.__class__ = attention.base_class
+    del base.prefix
     return detach(model, "prefix_tuning")
 
 
 def merge_prefix(model: nn.Module) -> nn.Module:
     """Replace the reparameterisation MLP by the prefixes it computes, P = MLP(P'), stored as a `PrefixTable`
     (trainable, the layout of `add_prefix_tuning(reparameterize=False)`). Outputs are unchanged."""
-    encoder = _encoder_of(model)
-    if not isinstance(getattr(encoder, "prefix", None), PrefixMLP):
+    base = _base_of(model)
+    if not isinstance(getattr(base, "prefix", None), PrefixMLP):
         raise ValueError("this model has no prefix MLP to merge; was it prepared with add_prefix_tuning(reparameterize=True)?")
     with torch.no_grad():
-        encoder.prefix = PrefixTable(encoder.prefix().contiguous())  # (L, 2, n, H), a copy: the MLP output is permuted
-    for attention in _prefix_attentions(encoder):
-        object.__setattr__(attention, "prefix", encoder.prefix)
+        base.prefix = PrefixTable(base.prefix().contiguous())  # (L, 2, n, Hkv), a copy: the MLP output is permuted
+    for attention in _prefix_attentions(base):
+        object.__setattr__(attention, "prefix", base.prefix)
     return model
 
 
 __all__ = [
-    "PromptTunedEncoder", "PrefixSelfAttention", "PrefixTable", "PrefixMLP", "init_prompt",
-    "add_prompt_tuning", "remove_prompt_tuning", "add_prefix_tuning", "remove_prefix_tuning", "merge_prefix",
+    "PromptTunedEncoder", "PromptTunedDecoder", "PrefixAttention", "PrefixSelfAttention", "with_prefix", "PrefixTable",
+    "PrefixMLP", "init_prompt", "add_prompt_tuning", "remove_prompt_tuning", "add_prefix_tuning", "remove_prefix_tuning",
+    "merge_prefix",
 ]  # fmt: skip

@@ -16,7 +16,9 @@ LoRA (lora.py) over a base whose Linear weights are frozen in 4 bits. Section 3,
 
   against 16 for bf16: the frozen base takes 4.127 / 16 ≈ 0.258 of a bf16 base's bytes (0.281 without DQ).
   `base_memory` counts the bytes the layers really hold: on MiniLM's 37 Linear layers outside the head
-  (6 layers × 6, and the pooler unless it pools for the head), 4.127 bits a weight and 0.258 of bf16.
+  (6 layers × 6, and the pooler unless it pools for the head), 4.127 bits a weight and 0.258 of bf16. On a
+  causal LM (model/causal_lm.py) every Linear of the decoder layers, 7 per layer with the SwiGLU gate; the
+  output layer tied to the embeddings (SmolLM2's) stays float and tied, as every tied weight (common.py).
 - Gradients: only A and B train, yet ∂L/∂X must flow through every frozen layer to reach the LoRA
   matrices below it: ∂L/∂X = ∂L/∂Y · Ŵ (out × in). `DequantizeMatmul` computes it by dequantizing Ŵ
   again in the backward pass and saves nothing for backward, neither a float copy of Ŵ (autograd's F.linear
@@ -55,7 +57,7 @@ from ..quant.qlinear import WeightOnlyLinear, weight_only_matmul
 from .common import adaptable_linears, head_names, in_head, attach, base_requires_grad, detach, mark_only_trainable, refuse_stacking
 from .lora import LoRAConfig, is_lora, lora_layers, unwrap_linears, wrap_linears
 
-ALL_LINEAR = ("query", "key", "value", "out", "up", "down")  # every Linear of an encoder layer
+ALL_LINEAR = ("query", "key", "value", "out", "gate", "up", "down")  # every Linear of a layer: the encoder's six, and the decoder's SwiGLU gate
 
 
 @dataclass
