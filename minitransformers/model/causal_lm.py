@@ -12,11 +12,30 @@ GGUF files.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
 from ..config import DecoderConfig
+from ..io import hf, llama
+from ..io.gguf import read_gguf
 from .decoder import Decoder
+
+
+def gguf_file(path: str | Path) -> Path | None:
+    """The GGUF file `path` names: the file itself, or the one .gguf in a folder; None for an HF folder."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".gguf":
+        return path
+    if path.is_dir() and not (path / "config.json").is_file():
+        found = sorted(path.glob("*.gguf"))
+        if len(found) != 1:
+            raise FileNotFoundError(f"{path}: expected an HF Llama folder (config.json) or exactly one .gguf file, found {[f.name for f in found]}")
+        return found[0]
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder; give a .gguf file, a folder holding one, or an HF Llama folder")
+    return None
 
 class CausalLM(nn.Module):
     """Decoder -> lm_head: logits (B, T, V), as `transformers`' LlamaForCausalLM (`model.*` is our `decoder`)."""
@@ -49,3 +68,25 @@ class CausalLM(nn.Module):
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]  # (B, k, H)
         return self.lm_head(hidden)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32, **config_overrides) -> CausalLM:
+        """Load a GGUF file (or a folder holding one; its blocks dequantized to `dtype`) or an HF LlamaForCausalLM
+        folder (config.json + safetensors or .bin), strictly."""
+        gguf = gguf_file(path)
+        if gguf is not None:
+            hparams, state = llama.from_gguf(read_gguf(gguf), dtype)
+            config = DecoderConfig(**{**hparams, **config_overrides})
+        else:
+            config = DecoderConfig.from_hf(hf.read_config(path), **config_overrides)
+            state = llama.from_hf(hf.read_weights(path), config, path)
+        model = cls(config).to(dtype)
+        if config.tie_word_embeddings:  # one tensor under both names, as state_dict() lists it
+            state["lm_head.weight"] = state["decoder.embed.weight"]
+        model.load_state_dict(state)
+        return model
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write config.json and model.safetensors that `transformers.LlamaForCausalLM.from_pretrained` loads (a tied
+        lm_head is left out, as transformers saves it, and "tie_word_embeddings" says to tie it)."""
+        hf.save(path, self.config.to_hf(), llama.to_hf(self.state_dict(), self.config))
