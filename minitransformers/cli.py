@@ -9,14 +9,8 @@ from dataclasses import fields
 
 import torch
 
-from .recipes import default_device
-
-
-def config_from(cls, args: argparse.Namespace, **converted):
-    """A recipe's config dataclass `cls` from its command's parsed arguments: each field from the argument of
-    the same name, except the `converted` ones, which the caller gives (flags that do not map one to one, such
-    as --no-bucket). Each recipe command is `recipes.<name>.run(config_from(...))`."""
-    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if f.name not in converted}, **converted)
+from .cli_lm import add_parsers as add_lm_parsers
+from .recipes import config_from, default_device
 
 
 def method_options(args: argparse.Namespace):
@@ -260,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per text")
     p.add_argument("texts", nargs="*", metavar="TEXT")
     p.set_defaults(run=cmd_fill_mask)
+    add_lm_parsers(sub)
     return parser
 
 

@@ -4,6 +4,7 @@ token for token against `generate` (greedy, and sampled with the same seed); the
 against the model transformers builds from the same file (minGPT's test: logits, then 20 greedy tokens)."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -166,3 +167,34 @@ def test_smollm2_answers_a_chat_question_sensibly(smollm2_pair):
     ids = torch.tensor([tok.encode(PROMPTS[2])])
     new = generate(ours, ids, config=GenerationConfig(max_new_tokens=12, temperature=0, stop_ids=(tok.token_to_id("<|im_end|>"),)))
     assert "4" in tok.decode(new[0].tolist())
+
+
+def test_smollm2_perplexity_equals_transformers_on_the_same_windows(smollm2_pair):
+    """llama.cpp's protocol on the first windows of WikiText-2's test split, through both models: within 0.1%."""
+    from minitransformers.recipes.perplexity import split_text, window_nll
+
+    ours, theirs, tok = smollm2_pair
+    fetched("wikitext2")
+    ids = tok.encode(split_text("wikitext2", "test"))
+    mine = window_nll(ours, ids, 512, max_chunks=2, batch_size=2, progress=False)
+    reference = window_nll(lambda x: theirs(input_ids=x).logits, ids, 512, max_chunks=2, batch_size=2, progress=False)
+    assert mine["tokens_scored"] == reference["tokens_scored"] == 2 * 255
+    assert abs(mine["perplexity"] / reference["perplexity"] - 1) < 1e-3, (mine, reference)
+
+
+def test_cli_generate_tokenize_and_perplexity_on_smollm2(tmp_path, capsys, smollm2_pair):
+    from minitransformers.cli import main
+
+    ours, _, tok = smollm2_pair
+    folder = str(fetched("smollm2"))
+    main(["generate", "--model", folder, "--max-new-tokens", "8", "--temperature", "0", "--device", "cpu", "--json", PROMPTS[0]])
+    row = json.loads(capsys.readouterr().out)
+    expected = generate(ours, torch.tensor([tok.encode(PROMPTS[0])]), config=GenerationConfig(max_new_tokens=8, temperature=0))[0].tolist()
+    assert row["token_ids"] == expected and row["text"] == tok.decode(expected)
+    text = tmp_path / "t.txt"
+    text.write_text("Héllo wörld 🤗\n<|im_start|>user\n12345<|im_end|>\n", encoding="utf-8")
+    main(["tokenize", "--model", folder, "--json", str(text)])
+    assert json.loads(capsys.readouterr().out) == tok.encode(text.read_text(encoding="utf-8"))
+    main(["perplexity", "--model", folder, "--data", str(text), "--context", "8", "--device", "cpu", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["tokens_scored"] == 3 * (len(tok.encode(text.read_text(encoding="utf-8"))) // 8) and result["perplexity"] > 1

@@ -5,9 +5,13 @@
     evaluate.py  EvaluateConfig: score a fine-tuned classifier folder on a split and time it; `load_model`
     quantize.py  QuantizeConfig: a fine-tuned classifier folder -> a quantized one
     compress.py  CompressConfig: Deep Compression's prune -> retrain -> cluster -> retrain pipeline
+    generate.py  GenerateConfig: a causal LM's continuation of prompts, raw or through its chat template
+    perplexity.py  PerplexityConfig: a causal LM's perplexity, windowed as llama.cpp computes it
 
 `cli.py` maps parsed arguments to these configs; experiments build the configs themselves.
 """
+
+from dataclasses import fields
 
 import torch
 
@@ -15,3 +19,10 @@ import torch
 def default_device() -> str:
     """cuda if available, else cpu: every recipe's default device."""
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def config_from(cls, args, **converted):
+    """A recipe's config dataclass `cls` from parsed command-line arguments: each field from the argument of the
+    same name, except the `converted` ones, which the caller gives (flags that do not map one to one, such as
+    --no-bucket). Each CLI command is `recipes.<name>.run(config_from(...))`."""
+    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if f.name not in converted}, **converted)

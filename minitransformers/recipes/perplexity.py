@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..text.sources import data_dir
 from . import default_device
+from .generate import load_language_model
 
 
 @dataclass
@@ -62,3 +65,26 @@ def window_nll(model: torch.nn.Module, ids: list[int], context: int, max_chunks:
         total += F.cross_entropy(predicted.flatten(0, 1), targets.flatten(), reduction="sum").item()
         count += targets.numel()
     return {"nll_sum": total, "tokens_scored": count, "chunks": chunks, "perplexity": math.exp(total / count)}
+
+
+def split_text(data: str, split: str) -> str:
+    """The raw text of a split: `wikitext2` reads data/wikitext2/{train,valid,test}.raw; any other value is a file."""
+    if data == "wikitext2":
+        name = {"train": "train", "validation": "valid", "valid": "valid", "test": "test"}.get(split)
+        if name is None:
+            raise ValueError(f"unknown split {split!r} of wikitext2; use train, validation or test")
+        path = data_dir("wikitext2") / f"{name}.raw"
+    else:
+        path = Path(data)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file; fetch wikitext2 first (python -m minitransformers fetch wikitext2) or give a text file")
+    return path.read_text(encoding="utf-8")
+
+
+def run(config: PerplexityConfig) -> dict:
+    """Perplexity of the model on the split, as llama.cpp computes it (module docstring)."""
+    model, tokenizer = load_language_model(config.model, config.device, config.dtype)
+    ids = tokenizer.encode(split_text(config.data, config.split))
+    result = window_nll(model, ids, config.context, config.max_chunks, config.batch_size, config.device)
+    return {"perplexity": result["perplexity"], "tokens_scored": result["tokens_scored"], "chunks": result["chunks"],
+            "tokens": len(ids), "context": config.context, "split": config.split}  # fmt: skip

@@ -1,0 +1,125 @@
+"""The decoder's commands: `generate`, `chat`, `perplexity`, `tokenize` (cli.py registers them with the others)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .recipes import config_from, default_device
+
+MODEL_HELP = "data/smollm2 (fetch smollm2 first), a .gguf file, or an HF LlamaForCausalLM folder"
+
+
+def cmd_generate(args) -> None:
+    from .recipes import generate
+
+    prompts = args.prompts or [sys.stdin.read()]
+    for prompt, result in zip(prompts, generate.run(config_from(generate.GenerateConfig, args, prompts=prompts))):
+        if args.json:
+            print(json.dumps(result))
+        else:  # a raw prompt is shown with its continuation; a chat answer stands alone
+            print(result["text"] if args.chat else prompt + result["text"])
+
+
+def cmd_chat(args) -> None:
+    """Read user turns (a line each) from stdin, answer each with the history so far, printing as tokens come."""
+    from .recipes import generate
+
+    config = config_from(generate.GenerateConfig, args, chat=True, prompts=[])
+    model, tokenizer = generate.load_language_model(config.model, config.device, config.dtype)
+    template = generate.chat_template(tokenizer, config.template)
+    options = generate.generation_config(config, tokenizer, template)
+    history = [{"role": "system", "content": config.system}] if config.system else []
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("chat: type a message, /reset to forget the conversation, /exit or Ctrl-D to quit", file=sys.stderr)
+    while True:
+        if interactive:
+            print("> ", end="", flush=True, file=sys.stderr)
+        line = sys.stdin.readline()
+        if not line or line.strip() == "/exit":
+            return
+        if line.strip() == "/reset":
+            history = history[:1] if config.system else []
+            continue
+        if not line.strip():
+            continue
+        history.append({"role": "user", "content": line.strip()})
+        ids = tokenizer.encode(template.render(history, add_generation_prompt=True))
+        if len(ids) + config.max_new_tokens > model.config.max_position_embeddings:
+            raise ValueError(f"the conversation is {len(ids)} tokens; with {config.max_new_tokens} new ones it exceeds the model's positions: /reset")
+        answer = []
+        for text, _ in generate.stream_text(model, tokenizer, ids, options):
+            print(text, end="", flush=True)
+            answer.append(text)
+        print()
+        history.append({"role": "assistant", "content": "".join(answer)})
+
+
+def cmd_perplexity(args) -> None:
+    from .recipes import perplexity
+
+    result = perplexity.run(config_from(perplexity.PerplexityConfig, args))
+    print(json.dumps(result) if args.json else f"perplexity {result['perplexity']:.4f} over {result['tokens_scored']} tokens ({result['chunks']} windows of {result['context']})")
+
+
+def cmd_tokenize(args) -> None:
+    from .recipes.generate import load_tokenizer
+
+    tokenizer = load_tokenizer(args.model)
+    with open(args.file, encoding="utf-8") as f:
+        ids = tokenizer.encode(f.read())
+    if args.json:
+        print(json.dumps(ids))
+        return
+    for i in ids:
+        print(f"{i}\t{tokenizer.decode([i])!r}")
+
+
+def add_lm_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--device", default=default_device(), help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="weights and compute (default: float32)")
+
+
+def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help=f"at most this many new tokens (default: {max_new_tokens})")
+    p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0 = greedy (default: 0.8, as llama.cpp)")
+    p.add_argument("--top-k", type=int, default=40, help="sample among the k most likely tokens; 0 = all (default: 40)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling: the smallest set of tokens with this much probability (default: 0.95)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="divide the logits of tokens already seen by this (CTRL; default: 1.0, off)")
+    p.add_argument("--seed", type=int, default=None, help="seed the sampling (default: torch's global generator)")
+    p.add_argument("--system", help="a system message (default: the template's own, if it has one)")
+    p.add_argument("--template", choices=("chatml", "smollm2"), help="render with this chat template instead of the model's")
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("generate", help="continue a text with a causal LM", description="Generate a continuation of each PROMPT (raw text, no template, unless --chat) with a KV cache. Sampling as llama.cpp's defaults; --temperature 0 is greedy. --json prints one line per prompt: {\"text\": ..., \"token_ids\": [the new ids]}.")
+    add_lm_args(p)
+    add_sampling_args(p, 128)
+    p.add_argument("--chat", action="store_true", help="send each prompt as a user message through the chat template")
+    p.add_argument("--json", action="store_true", help='one JSON line per prompt: {"text", "token_ids"}')
+    p.add_argument("prompts", nargs="*", metavar="PROMPT", help="texts to continue (default: all of stdin, as one prompt)")
+    p.set_defaults(run=cmd_generate)
+
+    p = sub.add_parser("chat", help="talk with an instruct model", description="An interactive chat: each line you type is a user message; the model answers with the conversation so far, rendered by its chat template (ChatML for SmolLM2), the answer printed as it is generated. /reset forgets the conversation, /exit or Ctrl-D quits. Lines piped on stdin are the turns of a scripted conversation.")
+    add_lm_args(p)
+    add_sampling_args(p, 256)
+    p.set_defaults(run=cmd_chat)
+
+    p = sub.add_parser("perplexity", help="perplexity on a text, as llama.cpp's perplexity tool computes it", description="Tokenize the whole split as one text (no BOS), cut it into non-overlapping windows of --context tokens, and score in each window the predictions of its second half (tokens context/2 + 1 ... context - 1, 255 of 512), as llama.cpp's llama-perplexity does. Prints perplexity and tokens scored.")
+    add_lm_args(p)
+    p.add_argument("--data", default="wikitext2", help="'wikitext2' (fetch it first) or a UTF-8 text file (default: wikitext2)")
+    p.add_argument("--split", default="test", choices=("train", "validation", "test"), help="with wikitext2: which split (default: test)")
+    p.add_argument("--context", type=int, default=512, help="tokens per window (default: 512, llama.cpp's)")
+    p.add_argument("--max-chunks", type=int, default=0, help="score only the first K windows (default: 0, all)")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default: 8)")
+    p.add_argument("--json", action="store_true", help='print {"perplexity": ..., "tokens_scored": ...} as one JSON line')
+    p.set_defaults(run=cmd_perplexity)
+
+    p = sub.add_parser("tokenize", help="print the token ids of a file's text", description="Tokenize the whole FILE as one text, without special tokens added (control tokens written in the text, such as <|im_start|>, are matched whole). Prints one 'id<TAB>piece' line per token, or with --json one JSON list.")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--json", action="store_true", help="print the ids as one JSON list")
+    p.add_argument("file", metavar="FILE")
+    p.set_defaults(run=cmd_tokenize)
