@@ -16,6 +16,7 @@ EXPERIMENTS = [
     ["peft_compare.py", "--profile", PROFILE],
     ["qlora.py", "--profile", PROFILE],
     ["quant_compare.py", "--profile", PROFILE],
+    ["decoder_check.py", "--profile", PROFILE],
 ]
 
 argparse.ArgumentParser(description=__doc__).parse_args()  # no options; --help describes the run
