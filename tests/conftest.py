@@ -299,3 +299,40 @@ def hf_llama_of(model, transformers):
     missing, unexpected = hf.load_state_dict(to_hf(model.state_dict(), model.config), strict=False)
     assert unexpected == [] and set(missing) <= {"lm_head.weight"}  # a tied lm_head is the embedding, loaded with it
     return hf
+
+
+# --- GGUF blocks kept quantized (tests/test_quant_ggml.py, tests/test_quant_format.py) -----------------------------
+
+
+def random_ggml(type_name: str, shape, generator: torch.Generator | None = None):
+    """A GGMLQuantized weight (out, in) of random `type_name` blocks (`random_blocks`: finite nonzero half scales);
+    without a generator, one seeded from the test's RNG."""
+    from minitransformers.quant.ggml import GGMLQuantized
+
+    generator = generator or torch.Generator().manual_seed(int(torch.randint(2**31, ())))
+    rows, cols = shape
+    raw = random_blocks(type_name, rows * cols, generator)
+    return GGMLQuantized(torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(rows, -1), type_name)
+
+
+def llama_gguf(path: Path, c: dict, type_of, seed: int = 0) -> Path:
+    """A llama GGUF file of hyperparameters `c` (DecoderConfig's field names) with random tensors: the norms F32,
+    every other weight in the ggml type `type_of(gguf name)` gives (random_blocks' codes and scales)."""
+    import math
+
+    from minitransformers.io.llama import shapes, weight_map
+
+    u32, f32 = 4, 6
+    metadata = {
+        "general.architecture": (8, "llama"), "llama.vocab_size": (u32, c["vocab_size"]), "llama.block_count": (u32, c["num_layers"]),
+        "llama.context_length": (u32, c["max_position_embeddings"]), "llama.embedding_length": (u32, c["hidden_size"]),
+        "llama.feed_forward_length": (u32, c["intermediate_size"]), "llama.attention.head_count": (u32, c["num_heads"]),
+        "llama.attention.head_count_kv": (u32, c["num_kv_heads"]), "llama.rope.freq_base": (f32, c["rope_theta"]),
+        "llama.attention.layer_norm_rms_epsilon": (f32, c["rms_norm_eps"]),
+    }  # fmt: skip
+    g, tensors = torch.Generator().manual_seed(seed), {}
+    for ours, name in weight_map(c["num_layers"], c["tie_word_embeddings"], "gguf").items():
+        shape = shapes(c)[ours]
+        type_name = "F32" if len(shape) == 1 else type_of(name)
+        tensors[name] = (type_name, list(reversed(shape)), random_blocks(type_name, math.prod(shape), g))
+    return write_gguf(path, metadata, tensors)

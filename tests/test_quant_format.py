@@ -10,7 +10,7 @@ from typing import ClassVar
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import LINEARS, ragged_batch, small_classifier
+from conftest import LINEARS, ragged_batch, random_ggml, small_classifier
 from torch import nn
 
 from minitransformers.quant.format import FORMATS, QuantizedWeight, format_of, register
@@ -35,6 +35,7 @@ CASES = {
     "kmeans 4 bits per layer": (lambda w: kmeans_quantize(w, 4), n // 2 + 4 * 16, (N, K)),
     "kmeans 8 bits per layer": (lambda w: kmeans_quantize(w, 8), n + 4 * 256, (N, K)),
     "kmeans 4 bits per channel": (lambda w: kmeans_quantize(w, 4, per_channel=True), n // 2 + 4 * 16 * N, (1, K)),
+    "ggml Q4_1 blocks, random (GGUF's blocks are read, not made from w)": (lambda w: random_ggml("Q4_1", w.shape), 20 * n // 32, (1, 32)),
 }
 
 

@@ -29,7 +29,7 @@ unexpected or mis-shaped tensor fails with the list before any tensor is dequant
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import torch
 
@@ -141,19 +141,37 @@ def _expected(names: dict[str, str], config) -> dict[str, torch.Tensor]:
     return {theirs: torch.empty(ours_shapes[ours], device="meta") for ours, theirs in names.items()}
 
 
-def from_gguf(f: GGUFFile, dtype: torch.dtype = torch.float32) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(hyperparameters, our state dict) of a llama GGUF file: names checked, tensors dequantized, W_q and W_k unpermuted."""
+def _checked_gguf(f: GGUFFile) -> tuple[dict, list[tuple[str, str, int | None]]]:
+    """(hyperparameters, [(our name, its GGUF name, n_head to unpermute by or None)]) after checking every name."""
     config = config_from_gguf(f)
     names = weight_map(config["num_layers"], config["tie_word_embeddings"], "gguf")
     what = f"a {config['num_layers']}-layer Llama"
     check_keys(f.tensors, _expected(names, config), f.path, what, "is this a llama GGUF file with this metadata?")
     heads = {"attention.query.weight": config["num_heads"], "attention.key.weight": config["num_kv_heads"]}
+    return config, [(ours, theirs, next((n for suffix, n in heads.items() if ours.endswith(suffix)), None)) for ours, theirs in names.items()]
+
+
+def from_gguf(f: GGUFFile, dtype: torch.dtype = torch.float32) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(hyperparameters, our state dict) of a llama GGUF file: names checked, tensors dequantized, W_q and W_k unpermuted."""
+    config, names = _checked_gguf(f)
     state = {}
-    for ours, theirs in names.items():
+    for ours, theirs, n_head in names:
         w = f.tensor(theirs)
-        n_head = next((n for suffix, n in heads.items() if ours.endswith(suffix)), None)
         state[ours] = (unpermute(w, n_head) if n_head else w).to(dtype)
     return config, state
+
+
+def blocks_from_gguf(f: GGUFFile, types: Collection[str]) -> dict[str, tuple[str, torch.Tensor]]:
+    """Our name -> (ggml type, blocks) of each weight that a llama GGUF file stores in one of the block `types`, not
+    dequantized: blocks is a copy of its bytes, (rows, bytes per row) uint8. Names are checked as from_gguf checks them.
+    A row of W is whole blocks, so W_q's and W_k's un-permutation, a reordering of rows, moves rows of blocks as they
+    are, and the blocks dequantize to exactly from_gguf's float32 weight (quant/ggml.py keeps them as a weight)."""
+    out = {}
+    for ours, theirs, n_head in _checked_gguf(f)[1]:
+        if f.tensors[theirs].type in types:
+            rows = unpermute(f.raw(theirs), n_head) if n_head else f.raw(theirs)  # (rows, bytes per row)
+            out[ours] = (f.tensors[theirs].type, rows.clone(memory_format=torch.contiguous_format))  # off the file's mapping
+    return out
 
 
 def from_hf(hf_state: Mapping[str, torch.Tensor], config, path="state dict") -> dict[str, torch.Tensor]:

@@ -19,7 +19,9 @@ from torch import nn
 
 from ..config import DecoderConfig
 from ..io import hf, llama
-from ..io.gguf import read_gguf
+from ..io.gguf import GGUFFile, read_gguf
+from ..quant.ggml import TYPES, GGMLQuantized
+from ..quant.qlinear import WeightOnlyLinear, tied_weight_names
 from .decoder import Decoder
 
 
@@ -36,6 +38,18 @@ def gguf_file(path: str | Path) -> Path | None:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder; give a .gguf file, a folder holding one, or an HF Llama folder")
     return None
+
+
+def keep_gguf_blocks(model: nn.Module, f: GGUFFile) -> None:
+    """Replace, in place, each nn.Linear whose weight the GGUF file stores in Q4_0 / Q4_1 / Q8_0 blocks with a
+    WeightOnlyLinear over those blocks (quant/ggml.py); a tied weight (the embedding, also lm_head's) stays float."""
+    tied = tied_weight_names(model)
+    for name, (type_name, blocks) in llama.blocks_from_gguf(f, TYPES).items():
+        module = name.removesuffix(".weight")
+        linear = model.get_submodule(module)
+        if isinstance(linear, nn.Linear) and name not in tied:
+            model.set_submodule(module, WeightOnlyLinear.from_representation(GGMLQuantized(blocks, type_name), linear.bias))
+
 
 class CausalLM(nn.Module):
     """Decoder -> lm_head: logits (B, T, V), as `transformers`' LlamaForCausalLM (`model.*` is our `decoder`)."""
@@ -70,12 +84,18 @@ class CausalLM(nn.Module):
         return self.lm_head(hidden)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32, **config_overrides) -> CausalLM:
+    def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32, quantized: bool = False, **config_overrides) -> CausalLM:
         """Load a GGUF file (or a folder holding one; its blocks dequantized to `dtype`) or an HF LlamaForCausalLM
-        folder (config.json + safetensors or .bin), strictly."""
+        folder (config.json + safetensors or .bin), strictly. quantized=True (GGUF only) keeps each Linear whose
+        weight is in Q4_0 / Q4_1 / Q8_0 blocks as a WeightOnlyLinear over them (`keep_gguf_blocks`): it computes
+        with the same dequantized values as the float load, from 4.5 / 5 / 8.5 bits a weight instead of 16 or 32."""
         gguf = gguf_file(path)
+        if quantized and gguf is None:
+            raise ValueError(f"{path}: quantized=True keeps a GGUF file's blocks, but this is an HF folder; load it "
+                             "with quantized=False, then quantize it with quant.quantize_model")  # fmt: skip
         if gguf is not None:
-            hparams, state = llama.from_gguf(read_gguf(gguf), dtype)
+            f = read_gguf(gguf)
+            hparams, state = llama.from_gguf(f, dtype)
             config = DecoderConfig(**{**hparams, **config_overrides})
         else:
             config = DecoderConfig.from_hf(hf.read_config(path), **config_overrides)
@@ -84,6 +104,8 @@ class CausalLM(nn.Module):
         if config.tie_word_embeddings:  # one tensor under both names, as state_dict() lists it
             state["lm_head.weight"] = state["decoder.embed.weight"]
         model.load_state_dict(state)
+        if quantized:
+            keep_gguf_blocks(model, f)
         return model
 
     def save_pretrained(self, path: str | Path) -> None:

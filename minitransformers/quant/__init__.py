@@ -4,6 +4,7 @@
     uniform.py     affine / symmetric integers, per-tensor / channel / group, observers, fake quantization
     nonuniform.py  codebooks: NF4 and FP4 as bitsandbytes stores them (with double quantization), log2
     kmeans.py      k-means weight clustering and centroid fine-tuning (Deep Compression)
+    ggml.py        GGUF's Q4_0 / Q4_1 / Q8_0 blocks, kept as llama.cpp stores them
     prune.py       magnitude, N:M and structured pruning; masks kept while training; the cubic schedule
     pack.py        two 4-bit codes per byte
     layer.py       what the quantized and sparse Linear layers share: buffers + layout, byte counts
@@ -15,6 +16,7 @@
 
 from ..kernels.int8_mm import int8_matmul
 from .format import FORMATS, QuantizedWeight, register
+from .ggml import GGMLQuantized
 from .kmeans import ClusteredLinear, KMeansQuantized, centroid_gradient, kmeans_quantize
 from .nonuniform import CodebookQuantized, quantize_fp4, quantize_log2, quantize_nf4
 from .pack import pack_int4, unpack_int4
@@ -33,7 +35,7 @@ __all__ = [
     "QuantizedWeight", "FORMATS", "register",
     "quantize_uniform", "choose_qparams", "quantize", "dequantize", "fake_quantize", "UniformQuantized",
     "MinMaxObserver", "PercentileObserver", "MSEObserver",
-    "quantize_nf4", "quantize_fp4", "quantize_log2", "CodebookQuantized",
+    "quantize_nf4", "quantize_fp4", "quantize_log2", "CodebookQuantized", "GGMLQuantized",
     "kmeans_quantize", "KMeansQuantized", "centroid_gradient", "ClusteredLinear",
     "magnitude_masks", "nm_mask", "nm_masks", "apply_masks", "remove_masks", "cubic_sparsity", "GradualPruner",
     "prune_heads", "prune_ffn_neurons", "prune_structured", "sparsity_report", "sparsity_table",
