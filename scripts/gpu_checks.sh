@@ -6,6 +6,7 @@
 #   bash scripts/gpu_checks.sh tests                # kernel correctness matrix (about 9 minutes: a call of its own)
 #   bash scripts/gpu_checks.sh bench e2e            # kernels_bench.py (carry .whl), kernels_e2e.py
 #   bash scripts/gpu_checks.sh qlora gpu-tests      # QLoRA full profile (carry .carry, data/sentiment), other GPU tests
+#   bash scripts/gpu_checks.sh decoder              # decoder bf16/fp16 parity tests, then decode_bench.py (about 6 minutes)
 #
 # bitsandbytes / torchao wheels in .whl/ are installed to /tmp/site first, if present (see the README).
 set -u
@@ -44,9 +45,13 @@ for what in "$@"; do
       stage qlora 420 python3 experiments/qlora.py --profile full --variants lora qlora qlora_no_dq --workers 9
       cp experiments/results/qlora.* "$LOG"/ 2>/dev/null
       find runs -name metrics.json | tar czf "$LOG/qlora_runs.tgz" -T - ;;  # every finished run, even after a timeout
+    decoder)  # the bench's default profile (smollm2, llama-1b; about 4 minutes) is the committed report
+      stage decoder-tests 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_decoder_gpu.py
+      stage decode-bench 420 python3 experiments/decode_bench.py --write-reference
+      cp experiments/results/decode_bench_* "$LOG"/ 2>/dev/null ;;
     gpu-tests)
       stage other-gpu-tests 150 python3 -m pytest -q -p no:cacheprovider -m gpu --ignore=tests/test_kernels_int8.py \
-        --ignore=tests/test_kernels_int4.py tests ;;
+        --ignore=tests/test_kernels_int4.py --ignore=tests/test_decoder_gpu.py tests ;;
     *) echo "unknown stage $what"; exit 2 ;;
   esac
 done

@@ -98,18 +98,23 @@ def generate_tokens(model: nn.Module, input_ids: torch.Tensor, attention_mask: t
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): each row counts its real tokens
     generator = None if config.seed is None else torch.Generator(device).manual_seed(config.seed)
     stops = torch.tensor(config.stop_ids, device=device, dtype=torch.long)
+    slots = torch.arange(T, T + config.max_new_tokens, device=device)  # the decode steps' cache slots, made once
     seen, running = input_ids, torch.ones(B, dtype=torch.bool, device=device)
     logits = model(input_ids, slot_mask, positions, caches, torch.arange(T, device=device), logits_to_keep=1)[:, -1]  # (B, V)
     for step in range(config.max_new_tokens):
         token = next_token(logits, seen, slot_mask[:, : seen.size(1)], config, generator)  # (B,)
         token = torch.where(running, token, torch.full_like(token, config.pad_id))
         yield token
-        running = running & ~torch.isin(token, stops)
-        if not running.any() or step == config.max_new_tokens - 1:
+        if step == config.max_new_tokens - 1:
             return
-        seen, positions = torch.cat([seen, token[:, None]], dim=1), positions[:, -1:] + 1  # (B, N + 1), (B, 1)
-        slot = torch.tensor([T + step], device=device)
-        logits = model(token[:, None], slot_mask, positions, caches, slot, logits_to_keep=1)[:, -1]
+        if stops.numel():  # reading `running` waits for the GPU: only when a row can stop
+            running = running & ~torch.isin(token, stops)
+            if not running.any():
+                return
+        if config.repetition_penalty != 1.0:  # the tokens so far, which only the penalty reads
+            seen = torch.cat([seen, token[:, None]], dim=1)  # (B, N + 1)
+        positions = positions[:, -1:] + 1  # (B, 1)
+        logits = model(token[:, None], slot_mask, positions, caches, slots[step : step + 1], logits_to_keep=1)[:, -1]
 
 
 def generate(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, config: GenerationConfig = GenerationConfig()) -> torch.Tensor:
