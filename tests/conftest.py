@@ -336,3 +336,19 @@ def llama_gguf(path: Path, c: dict, type_of, seed: int = 0) -> Path:
         type_name = "F32" if len(shape) == 1 else type_of(name)
         tensors[name] = (type_name, list(reversed(shape)), random_blocks(type_name, math.prod(shape), g))
     return write_gguf(path, metadata, tensors)
+
+
+# --- QLoRA's base, built without the method's code (tests/test_peft_lifecycle.py, tests/test_peft_decoder.py) -------
+
+
+def quantized_base(base):
+    """A copy of `base` with every adaptable Linear in NF4 with double quantization: what add_qlora freezes."""
+    import copy
+
+    from minitransformers.peft.common import adaptable_linears
+    from minitransformers.peft.qlora import NF4Linear
+
+    model = copy.deepcopy(base)
+    for name in adaptable_linears(model):
+        model.set_submodule(name, NF4Linear.from_linear(model.get_submodule(name), double_quant=True))
+    return model

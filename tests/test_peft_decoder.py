@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import hf_llama_of, left_padded_batch, random_causal_lm
+from conftest import hf_llama_of, left_padded_batch, quantized_base, random_causal_lm
 from torch import nn
 
 from minitransformers.config import DecoderConfig
@@ -20,7 +20,6 @@ from minitransformers.peft import (
     NF4Linear, add_adapters, add_lora, add_prefix_tuning, add_prompt_tuning, add_qlora, count_parameters, disabled,
     merge_lora, merge_prefix, merge_qlora, remove_method, set_enabled,
 )  # fmt: skip
-from minitransformers.peft.common import adaptable_linears
 from minitransformers.peft.lora import lora_layers
 from minitransformers.peft.prompts import PrefixAttention, PrefixMLP, PrefixTable, PromptTunedDecoder
 
@@ -52,14 +51,6 @@ def prepared(base: nn.Module, method: str) -> nn.Module:
             if p.requires_grad:
                 p.add_(0.1 * torch.randn_like(p))
     return model.eval()
-
-
-def quantized_base(base: nn.Module) -> nn.Module:
-    """QLoRA's base: every adaptable Linear in NF4 with double quantization, built without the method's code."""
-    model = copy.deepcopy(base)
-    for name in adaptable_linears(model):
-        model.set_submodule(name, NF4Linear.from_linear(model.get_submodule(name), double_quant=True))
-    return model
 
 
 def outputs(model: nn.Module, ids, mask) -> torch.Tensor:

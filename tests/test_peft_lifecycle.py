@@ -11,7 +11,7 @@ from itertools import product
 
 import pytest
 import torch
-from conftest import random_batch
+from conftest import quantized_base, random_batch
 from torch import nn
 
 from minitransformers import Encoder, EncoderConfig
@@ -19,7 +19,7 @@ from minitransformers.model import MaskedLM, SequenceClassifier
 from minitransformers.peft import (
     NF4Linear, add_lora, add_qlora, disabled, merge_lora, merge_prefix, merge_qlora, remove_method, set_enabled,
 )  # fmt: skip
-from minitransformers.peft.common import adaptable_linears, count_parameters, head_names
+from minitransformers.peft.common import count_parameters, head_names
 from minitransformers.peft.methods import apply_method, load_classifier, method_config, save_finetuned
 
 CONFIG = EncoderConfig(vocab_size=83, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=48, max_position_embeddings=40, hidden_dropout=0.0, attention_dropout=0.0)
@@ -49,14 +49,6 @@ def prepared(base: nn.Module, method: str) -> nn.Module:
             if p.requires_grad and not name.startswith(head):
                 p.add_(0.5 * torch.randn_like(p))
     return model.eval()
-
-
-def quantized_base(base: nn.Module) -> nn.Module:
-    """QLoRA's base: every adaptable Linear in NF4 with double quantization, built without the method's code."""
-    model = copy.deepcopy(base)
-    for name in adaptable_linears(model):
-        model.set_submodule(name, NF4Linear.from_linear(model.get_submodule(name), double_quant=True))
-    return model
 
 
 def outputs(model: nn.Module, batch) -> torch.Tensor:
