@@ -4,7 +4,6 @@ point checked by brute force (nearest centroid, centroid = cluster mean), its st
 and centroid fine-tuning (eq. 3) against a brute-force sum and against autograd. Fresh random data."""
 
 import math
-import time
 
 import pytest
 import torch
@@ -240,18 +239,15 @@ def test_bad_inputs_are_refused_with_the_fix():
 # --- scale: a 1M-element weight, and CUDA --------------------------------------------------------------------------
 
 
-def test_a_1024x1024_weight_clusters_in_seconds(capsys):
-    """Prints the time to cluster a 1M-element weight (run with -s); asserts quality, never time."""
+def test_a_1024x1024_weight_clusters_within_the_relative_mse_budget_per_channel_no_worse():
+    """A 1M-element weight with rows of different scales: relative MSE under 2% at 4 bits and 1e-4 at 8 bits,
+    per channel never worse than per layer. (Its timing is a benchmark's business, not a test's.)"""
     w = randn(1024, 1024, seed=9) * torch.rand(1024, 1, generator=torch.Generator().manual_seed(10))
     errors = {}
     for bits in (4, 8):
         for per_channel in (False, True):
-            start = time.perf_counter()
             q = kmeans_quantize(w, bits=bits, per_channel=per_channel)
-            seconds = time.perf_counter() - start
-            error = errors[bits, per_channel] = mse(q, w) / w.square().mean().item()
-            with capsys.disabled():
-                print(f"\nk-means 1024x1024, {bits} bits, per_channel={per_channel}: {seconds:.2f} s, relative MSE {error:.2e}")
+            errors[bits, per_channel] = mse(q, w) / w.square().mean().item()
     assert errors[4, True] <= errors[4, False] < 0.02 and errors[8, True] <= errors[8, False] < 1e-4
 
 

@@ -4,20 +4,26 @@ Each closed form is written from the method's paper and BERT's architecture (Dev
 H = 768, FFN F = 3072, vocabulary V = 30522, P = 512 positions, 2 token types), never from the code under test.
 One BERT-base SequenceClassifier (2 labels, pooling "pooler", ~110M parameters) is built once, on CPU, and
 each test prepares its own deep copy.
+
+A quantized base counts its logical weights (out × in per layer, as peft counts a bitsandbytes 4-bit weight),
+so the QLoRA count equals the float model's: on a tiny classifier, and on MiniLM where it is fetched.
 """
 
 import copy
 
 import pytest
+import torch
 
 from minitransformers import Encoder, EncoderConfig
 from minitransformers.config import SIZES
 from minitransformers.model import SequenceClassifier
 from minitransformers.peft.adapters import add_adapters
 from minitransformers.peft.bitfit import add_bitfit
-from minitransformers.peft.common import count_parameters, mark_only_trainable
+from minitransformers.peft.common import count_parameters, mark_only_trainable, parameter_summary
 from minitransformers.peft.lora import add_lora
 from minitransformers.peft.prompts import add_prefix_tuning, add_prompt_tuning
+from minitransformers.peft.qlora import ALL_LINEAR, add_qlora
+from minitransformers.quant.qlinear import quantize_model
 
 L, H, F, V, P, TYPES = 12, 768, 3072, 30522, 512, 2
 C = 2  # labels
@@ -114,3 +120,46 @@ def test_bitfit_trains_every_bias_and_the_classifier(model):
     biases = L * per_layer + H + H  # the embeddings' LayerNorm β, the pooler's b
     assert count_parameters(add_bitfit(model)) == biases + CLASSIFIER
     assert biases == 102_912 and round(100 * biases / BERT_BASE, 3) == 0.094  # bitfit.py's docstring
+
+
+# --- a quantized base counts its logical weights -------------------------------------------------------------------
+
+
+TINY = EncoderConfig(vocab_size=97, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, max_position_embeddings=24)
+
+
+def counts(model) -> tuple[int, int]:
+    return count_parameters(model), count_parameters(model, trainable_only=False)
+
+
+@pytest.mark.parametrize("pooling", ["pooler", "mean"])
+def test_the_qlora_count_equals_the_float_models_on_a_tiny_classifier(pooling):
+    """QLoRA stores the base weights as packed NF4 buffers, not Parameters; counted as out × in weights each, the
+    QLoRA model counts what the float model under the same LoRA counts, and its base what the float model counts."""
+    torch.manual_seed(0)
+    base = SequenceClassifier(Encoder(TINY), 3, pooling=pooling)
+    float_total = count_parameters(base, trainable_only=False)
+    lora, qlora = add_lora(copy.deepcopy(base), r=4, targets=ALL_LINEAR), add_qlora(copy.deepcopy(base), r=4)
+    assert counts(qlora) == counts(lora)
+    lora_matrices = sum(p.numel() for n, p in qlora.named_parameters() if "lora_" in n)
+    assert count_parameters(qlora, trainable_only=False) - lora_matrices == float_total
+    assert parameter_summary(qlora) == parameter_summary(lora)
+
+
+@pytest.mark.parametrize("method", ["int8", "nf4", "w8a8", "prune2:4"])
+def test_every_quantized_linear_counts_out_times_in_weights_plus_its_bias(method):
+    model = SequenceClassifier(Encoder(TINY), 3)
+    total = count_parameters(model, trainable_only=False)
+    quantize_model(model, method)
+    assert count_parameters(model, trainable_only=False) == total
+
+
+def test_the_qlora_count_equal_to_the_float_models_on_minilm(minilm_dir):
+    """finetune --method qlora on MiniLM (22.7M parameters) printed 12,428,930 before: the packed weights were
+    left out. With the default pooling, LoRA r = 8 on every linear: 331,776 LoRA parameters, plus the pooler
+    and the classifier."""
+    base = SequenceClassifier.from_encoder(minilm_dir, 2)
+    assert count_parameters(base, trainable_only=False) == 22_713_986
+    qlora = add_qlora(copy.deepcopy(base))
+    lora = add_lora(base, targets=ALL_LINEAR)
+    assert counts(qlora) == counts(lora) == (331_776 + 147_840 + 770, 22_713_986 + 331_776)

@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from ..quant.layer import QuantizedLinear
+
 
 def head_names(model: nn.Module) -> tuple[str, ...]:
     """The prefixes of the modules that always train, as the task model declares them (none for a bare encoder)."""
@@ -60,12 +62,20 @@ def mark_only_trainable(model: nn.Module, trainable: Callable[[str], bool] | Ite
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
-    """Number of parameters (each shared tensor once), only those with requires_grad by default."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+    """Number of parameters (each shared tensor once), only those with requires_grad by default.
+
+    A quantized layer (any QuantizedLinear: QLoRA's NF4Linear, WeightOnlyLinear, W8A8Linear) stores its weight
+    as packed buffers, which are not Parameters; it counts its logical out_features × in_features weights,
+    frozen, as peft counts a bitsandbytes 4-bit weight. So quantizing a model leaves its total unchanged."""
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+    if trainable_only:
+        return params  # a quantized weight never trains
+    return params + sum(m.out_features * m.in_features for m in model.modules() if isinstance(m, QuantizedLinear))
 
 
 def parameter_summary(model: nn.Module) -> str:
-    """'trainable params: 1,234 || all params: 22,713,216 || trainable%: 0.0054', as peft prints it."""
+    """'trainable params: 1,234 || all params: 22,713,216 || trainable%: 0.0054', as peft prints it; a
+    quantized weight counts its logical parameters (count_parameters)."""
     trainable, total = count_parameters(model), count_parameters(model, trainable_only=False)
     return f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"
 
