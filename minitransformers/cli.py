@@ -54,14 +54,15 @@ def cmd_embed(args) -> None:
 
 def cmd_search(args) -> None:
     from .sentence import embed, search
-    from .text.datasets import load_texts
+    from .text.datasets import numbered_texts
 
     encoder, tokenizer = load_model(args.model, args.device)
-    corpus = load_texts(args.corpus)
+    numbered = numbered_texts(args.corpus)  # (line number in the file, text): blank lines are skipped, not renumbered
+    corpus = [text for _, text in numbered]
     corpus_emb = embed(encoder, tokenizer, corpus, args.batch_size, args.max_length, progress=True)
     query_emb = embed(encoder, tokenizer, [args.query], max_length=args.max_length)
     scores, indices = search(query_emb, corpus_emb, args.top_k)
-    hits = [{"rank": r + 1, "score": round(s, 4), "line": i + 1, "text": corpus[i]} for r, (s, i) in enumerate(zip(scores[0].tolist(), indices[0].tolist()))]
+    hits = [{"rank": r + 1, "score": round(s, 4), "line": numbered[i][0], "text": corpus[i]} for r, (s, i) in enumerate(zip(scores[0].tolist(), indices[0].tolist()))]
     if args.json:
         print(json.dumps(hits))
     else:
@@ -115,7 +116,7 @@ def cmd_predict(args) -> None:
     from .recipes.evaluate import load_model
     from .text.tokenizer import Tokenizer
 
-    model = load_model(args.model).to(args.device).eval()
+    model = load_model(args.model, args.base).to(args.device).eval()
     tokenizer = Tokenizer.from_pretrained(args.model)
     texts = read_texts(args)
     with torch.no_grad():
@@ -226,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="score a fine-tuned classifier on a split and time its forward pass", description="Accuracy, macro-F1 and loss of a classifier folder (finetune's, with any --method) on a split of a classification set, and the median latency of one batch. Writes --model/eval_SPLIT.json.")
     p.add_argument("--model", required=True, help="a folder written by finetune or quantize")
+    p.add_argument("--base", help="an adapter folder's base model, instead of the one its adapter.json names (for a run folder moved or copied elsewhere)")
     p.add_argument("--data", required=True, help="'sentiment', an aclImdb folder, or a .csv/.jsonl file with text and label columns")
     p.add_argument("--split", default="test", choices=("train", "validation", "test"), help="which split to score (default: test)")
     p.add_argument("--batch-size", type=int, default=32, help="examples per forward pass (default: 32)")
@@ -236,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="classify texts with a fine-tuned model", description="Print the predicted label and its probability for each text (arguments, else lines of stdin).")
     p.add_argument("--model", required=True, help="a folder written by finetune (any --method) or quantize, or any HF BertForSequenceClassification folder")
+    p.add_argument("--base", help="an adapter folder's base model, instead of the one its adapter.json names (for a run folder moved or copied elsewhere)")
     p.add_argument("--device", default=default_device(), help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--max-length", type=int, default=512, help="truncate texts to this many tokens (default: 512)")
     p.add_argument("--json", action="store_true", help="one JSON object per text")
@@ -286,6 +289,7 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="HF BERT folder to start from, e.g. data/minilm")
     p.add_argument("--data", required=True, help="'sentiment', an aclImdb folder, or a .csv/.jsonl file with text and label columns")
     p.add_argument("--out", required=True, help="run folder: metrics, checkpoint and the best model")
+    p.add_argument("--labels", nargs="+", metavar="NAME", help="names of label ids 0, 1, ... in this order, kept in the model (config.json's id2label); a .csv/.jsonl file's labels must be these names or ids below their count (default: the data's own: negative positive for sentiment and aclImdb, a file's string labels sorted, LABEL_0 ... for integer labels)")
     p.add_argument("--epochs", type=int, default=3, help="passes over the training set (default: 3)")
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many optimizer steps (default: 0, the epochs decide)")
     p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (default: 5e-5)")

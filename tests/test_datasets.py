@@ -152,3 +152,21 @@ def test_load_classification_selects_the_loader_by_data_spec(tmp_path):
 def test_load_classification_sentiment_is_the_fixed_split(sentiment):
     splits = load_classification("sentiment", root=DATA)
     assert splits == sentiment
+
+
+def test_numbered_texts_keep_the_files_line_numbers(tmp_path):
+    from minitransformers.text.datasets import numbered_texts
+
+    path = write(tmp_path / "c.txt", b"one\n\n  \ntwo\r\nthree")
+    assert numbered_texts(path) == [(1, "one"), (4, "two"), (5, "three")]
+    assert load_texts(path) == ["one", "two", "three"]
+
+
+def test_file_labels_are_named_sorted_or_as_given(tmp_path):
+    from minitransformers.text.datasets import label_names
+
+    path = write(tmp_path / "a.jsonl", b'{"text": "a", "label": "pos"}\n{"text": "b", "label": "neg"}\n{"text": "c", "label": 1}\n')
+    assert label_names(str(path)) == ["neg", "pos"]
+    assert [e.label for e in load_jsonl(path, labels=["pos", "neg"])] == [0, 1, 1]  # an id below 2 stays an id
+    ints = write(tmp_path / "b.csv", b"text,label\nx,1\ny,0\n")
+    assert label_names(str(ints)) is None and label_names(str(ints), ["no", "yes"]) == ["no", "yes"]

@@ -88,3 +88,36 @@ def test_an_adapter_folder_without_its_base_fails_naming_both(tiny, tmp_path):  
     (out / "adapter.json").write_text(json.dumps({**config, "base_model": str(tmp_path / "gone")}))
     with pytest.raises(FileNotFoundError, match="adapter.json.*gone"):
         load_classifier(out)
+
+
+def test_a_copied_adapter_folder_keeps_its_relative_base_and_loads_with_base(tiny, tmp_path, monkeypatch, capsys):  # noqa: F811
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny / "model", "base")
+    main([*finetune_argv(tiny, "run", "--max-steps", "2", "--method", "bitfit"), "--model", "base"])
+    assert json.loads((tmp_path / "run" / "adapter.json").read_text())["base_model"] == "base"  # as given, not resolved
+    texts = ["the film was great", "awful plot"]
+    capsys.readouterr()
+    main(["predict", "--model", "run", "--json", "--device", "cpu", *texts])
+    here = capsys.readouterr().out
+    shutil.copytree("run", tmp_path / "elsewhere" / "run")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with pytest.raises(FileNotFoundError, match="base model base is missing.*pass --base"):
+        load_classifier("run")
+    main(["predict", "--model", "run", "--base", str(tmp_path / "base"), "--json", "--device", "cpu", *texts])
+    assert capsys.readouterr().out == here
+    main(["evaluate", "--model", "run", "--base", "../base", "--data", str(tiny / "reviews.csv"), "--device", "cpu", "--json"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["examples"] == 25
+    with pytest.raises(ValueError, match="--base applies to adapter folders only"):
+        load_classifier(tiny / "model", base=tiny / "model")
+
+
+def test_transformers_reads_the_pad_token_from_an_adapter_run_folder(tiny, tmp_path, transformers):  # noqa: F811
+    out = tmp_path / "lora"
+    main(finetune_argv(tiny, out, "--max-steps", "2", "--method", "lora"))
+    hf = transformers.AutoTokenizer.from_pretrained(out)
+    ours = Tokenizer.from_pretrained(out)
+    assert (hf.pad_token, hf.pad_token_id) == ("[PAD]", ours.pad_id)
+    texts = ["the film was great", "awful plot and a really poor story"]
+    assert hf(texts, padding=True, return_tensors="pt")["input_ids"].tolist() == ours(texts)["input_ids"].tolist()

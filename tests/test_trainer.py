@@ -3,6 +3,7 @@ that writes no file (out=None), gradient accumulation, and 2-process gloo DDP eq
 tiny model and synthetic data."""
 
 import copy
+import dataclasses
 import json
 import os
 import signal
@@ -185,3 +186,17 @@ def test_mixed_precision_on_cuda_learns_and_keeps_fp32_weights(tiny, tmp_path, c
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert metrics["test_accuracy"] >= 0.9 and metrics["device"].startswith("cuda")
     assert all(v.dtype == torch.float32 for v in final_weights(tmp_path / "run").values() if v.is_floating_point())
+
+
+def test_resume_with_other_options_is_refused_naming_each_change(tiny, tmp_path):
+    """A resumed run must be the run it continues: a new --lr, --max-steps or --data would change it silently."""
+    run = finetune_config(tiny, tmp_path / "run", max_steps=10)
+    finetune.run(run)
+    with pytest.raises(ValueError, match=r"lr 0\.001 -> 0\.002; rerun with the same options, or start a new --out"):
+        finetune.run(dataclasses.replace(run, lr=2e-3, resume=True))
+    (tmp_path / "other.csv").write_bytes((tiny / "reviews.csv").read_bytes())
+    with pytest.raises(ValueError, match=r"identity data '.*reviews\.csv' -> '.*other\.csv', max_steps 10 -> 20"):
+        finetune.run(dataclasses.replace(run, data=str(tmp_path / "other.csv"), max_steps=20, resume=True))
+    with pytest.raises(SystemExit, match="lr 0.001 -> 0.002"):  # the command line says the same
+        main([*finetune_argv(tiny, tmp_path / "run", "--max-steps", "10", "--resume"), "--lr", "2e-3"])
+    finetune.run(dataclasses.replace(run, resume=True))  # the same options: allowed

@@ -11,9 +11,11 @@
     prefix    learned key/value prefixes in every layer (prompts.py, prefix tuning)
 
 A full fine-tune saves a whole model. Every other method saves only what it trained: `adapter.json` (the
-method, its options, the base model's folder and the head's shape) and `adapter.safetensors` (the trained
+method, its options, the base model's folder as it was given and the head's labels) and `adapter.safetensors` (the trained
 tensors, `common.trainable_state_dict`): kilobytes to a few MB instead of the whole model. `load_classifier`
-rebuilds the model from the base and those two files, whichever kind of folder it is given. Prefix tuning's
+rebuilds the model from the base and those two files, whichever kind of folder it is given. A relative base
+folder stays relative, read from the current directory at load time; `base=` (`--base`) names another, for
+a run folder copied elsewhere. Prefix tuning's
 reparameterisation MLP is dropped at save time (Li & Liang section 4.3): the saved prefix is the table P.
 QLoRA saves A, B and the head too; loading quantizes the base model to NF4 again, which is deterministic, so
 the rebuilt base is the trained one bit for bit.
@@ -90,14 +92,15 @@ def remove_method(model: nn.Module) -> nn.Module:
 
 def save_finetuned(model: SequenceClassifier, path: str | Path, method: str, options: dict, base_model: str | Path) -> None:
     """Save what `method` trained into `path`: the whole model for "full"; otherwise `adapter.safetensors`
-    and `adapter.json`, which says how to rebuild the model over `base_model`."""
+    and `adapter.json`, which says how to rebuild the model over `base_model` (kept as given: relative stays
+    relative)."""
     if method == "full":
         return model.save_pretrained(path)
     if method == "prefix" and options.get("reparameterize", True):
         model, options = merge_prefix(copy.deepcopy(model)), {**options, "reparameterize": False, "projection_dim": None}
     options = {k: v for k, v in options.items() if k != "init_text"}  # the prompt is saved; its init is history
     config = {
-        "method": method, "options": options, "base_model": str(Path(base_model).resolve()),
+        "method": method, "options": options, "base_model": str(base_model),
         "labels": model.labels, "pooling": model.pooling, "classifier_dropout": model.dropout.p,
     }  # fmt: skip
     path = Path(path)
@@ -106,16 +109,19 @@ def save_finetuned(model: SequenceClassifier, path: str | Path, method: str, opt
     (path / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
 
 
-def load_classifier(path: str | Path) -> SequenceClassifier:
+def load_classifier(path: str | Path, base: str | Path | None = None) -> SequenceClassifier:
     """A fine-tuned classifier from its folder: a whole model (`SequenceClassifier.from_pretrained`), or an
-    adapter folder, rebuilt as base model + method + the saved trained tensors."""
+    adapter folder, rebuilt as base model + method + the saved trained tensors. The base is BASE if given,
+    else adapter.json's, a relative one read from the current directory."""
     path = Path(path)
     if not (path / CONFIG_FILE).is_file():
+        if base is not None:
+            raise ValueError(f"{path}: holds a whole model, not an adapter ({CONFIG_FILE}); --base applies to adapter folders only")
         return SequenceClassifier.from_pretrained(path)
     config = json.loads((path / CONFIG_FILE).read_text())
-    base = Path(config["base_model"])
+    base = Path(config["base_model"] if base is None else base)
     if not base.is_dir():
-        raise FileNotFoundError(f"{path / CONFIG_FILE}: its base model {base} is missing; the adapter needs the model it was trained on")
+        raise FileNotFoundError(f"{path / CONFIG_FILE}: its base model {base} is missing (from {Path.cwd()}); the adapter needs the model it was trained on: pass --base FOLDER")
     model = SequenceClassifier.from_encoder(base, len(config["labels"]), config["pooling"], labels=config["labels"])
     model.dropout.p = config["classifier_dropout"]
     options = config["options"]

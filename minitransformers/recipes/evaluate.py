@@ -1,7 +1,8 @@
 """`python -m minitransformers evaluate`: score a fine-tuned classifier folder on a split, and time it.
 
 Any folder that `finetune` or `quantize` writes loads here: a whole model, an adapter over its base
-(peft/methods.py) or a quantized model (quant/). The metrics are the task's (accuracy, macro-F1, loss); the
+(peft/methods.py; `base` replaces the base model's folder that adapter.json names) or a quantized model
+(quant/). A file's labels are mapped to ids by the model's label names, as finetune mapped them. The metrics are the task's (accuracy, macro-F1, loss); the
 latency is the median wall time of one forward pass over a batch, after one warm-up batch, on a batch of
 `batch_size` examples in dataset order (so with real lengths and padding).
 """
@@ -31,15 +32,21 @@ class EvaluateConfig:
 
     model: str  # a folder written by finetune, quantize or compress
     data: str  # 'sentiment', an aclImdb folder, or a .csv/.jsonl file
+    base: str | None = None  # an adapter folder's base model, instead of the one adapter.json names
     split: str = "test"  # train | validation | test
     batch_size: int = 32
     max_length: int = 128
     device: str = field(default_factory=default_device)
 
 
-def load_model(path: str | Path) -> torch.nn.Module:
-    """Whatever classifier folder `finetune` or `quantize` wrote: quantized, an adapter over its base, or whole."""
-    return load_quantized(path) if (Path(path) / QUANTIZATION).is_file() else load_classifier(path)
+def load_model(path: str | Path, base: str | Path | None = None) -> torch.nn.Module:
+    """Whatever classifier folder `finetune` or `quantize` wrote: quantized, an adapter over its base (BASE, if
+    given, instead of the one adapter.json names), or whole."""
+    if (Path(path) / QUANTIZATION).is_file():
+        if base is not None:
+            raise ValueError(f"{path}: holds a quantized model, not an adapter; --base applies to adapter folders only")
+        return load_quantized(path)
+    return load_classifier(path, base)
 
 
 def timed_batches(batches: list[dict], device: torch.device, seconds: list[float]):
@@ -56,9 +63,9 @@ def timed_batches(batches: list[dict], device: torch.device, seconds: list[float
 def run(config: EvaluateConfig) -> dict:
     """Score and time the model as `config` says; returns the metrics (also written to eval_<split>.json in the model folder)."""
     device = torch.device(config.device)
-    model = load_model(config.model).to(device).eval()
+    model = load_model(config.model, config.base).to(device).eval()
     tokenizer = Tokenizer.from_pretrained(config.model)
-    examples = encode_examples(tokenizer, load_classification(config.data)[config.split], config.max_length)
+    examples = encode_examples(tokenizer, load_classification(config.data, labels=model.labels)[config.split], config.max_length)
     size = config.batch_size
     batches = [{k: v.to(device) for k, v in collate(examples[i : i + size], tokenizer.pad_id).items()} for i in range(0, len(examples), size)]
     seconds: list[float] = []

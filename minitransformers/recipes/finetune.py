@@ -26,7 +26,7 @@ from ..peft.common import count_parameters, parameter_summary
 from ..peft.methods import apply_method, load_classifier, method_config, save_finetuned
 from ..peft.peft_format import save_peft
 from ..text.collate import collate, encode_examples
-from ..text.datasets import load_classification
+from ..text.datasets import label_names, load_classification
 from ..text.tokenizer import Tokenizer
 from ..train import checkpoint, distributed
 from ..train.tasks import Classification
@@ -42,6 +42,7 @@ class FinetuneConfig:
     model: str  # an HF BERT folder to start from
     data: str  # 'sentiment', an aclImdb folder, or a .csv/.jsonl file
     out: str  # the run folder
+    labels: list[str] | None = None  # names of label ids 0, 1, ...; None: the data's own (datasets.label_names)
     epochs: int = 3
     max_steps: int = 0  # 0: the epochs decide
     lr: float = 5e-5
@@ -83,14 +84,15 @@ def run(config: FinetuneConfig) -> dict:
     """Fine-tune as `config` says; returns the final metrics (on the main process)."""
     world = distributed.init(config.device)
     checkpoint.seed_everything(config.seed)
-    splits = load_classification(config.data)
+    names = label_names(config.data, config.labels)  # None: a file of integer labels, named LABEL_0, ... by the model
+    splits = load_classification(config.data, labels=names)
     if config.max_train_examples:
         splits["train"] = splits["train"][: config.max_train_examples]
-    num_labels = max(2, 1 + max(e.label for split in splits.values() for e in split))
+    num_labels = len(names) if names else max(2, 1 + max(e.label for split in splits.values() for e in split))
 
     tokenizer = Tokenizer.from_pretrained(config.model)
     encoded = {name: encode_examples(tokenizer, examples, config.max_length) for name, examples in splits.items()}
-    model = SequenceClassifier.from_encoder(config.model, num_labels, pooling=config.pooling, unpad=config.unpad)
+    model = SequenceClassifier.from_encoder(config.model, num_labels, pooling=config.pooling, labels=names, unpad=config.unpad)
     method = method_config(config.method, config.method_options)
     if config.method == "prompt" and config.max_length + method.num_virtual_tokens > model.encoder.config.max_position_embeddings:
         raise ValueError(f"--max-length {config.max_length} + {method.num_virtual_tokens} virtual tokens exceed the model's {model.encoder.config.max_position_embeddings} positions; lower --max-length")
@@ -107,6 +109,7 @@ def run(config: FinetuneConfig) -> dict:
         model, Classification(num_labels), encoded["train"], encoded["validation"],
         lambda items: collate(items, tokenizer.pad_id), [len(e.input_ids) for e in encoded["train"]], train_config, world,
         save=lambda best, folder: save_finetuned(best, folder, config.method, options, config.model),
+        identity={"model": config.model, "data": config.data, "method": config.method, "method_options": options, "max_length": config.max_length, "pooling": config.pooling, "max_train_examples": config.max_train_examples},
     )  # fmt: skip
     if world.is_main:
         Path(config.out).mkdir(parents=True, exist_ok=True)

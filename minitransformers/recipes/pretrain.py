@@ -105,6 +105,7 @@ def run(config: PretrainConfig) -> dict:
     trainer = Trainer(
         model, MaskedLanguageModeling(), sequences["train"], fixed_masks(sequences["validation"], collator, config.seed),
         collator, [config.seq_length] * len(sequences["train"]), train_config, world, eval_collate=stack,
+        identity={k: getattr(config, k) for k in ("data", "size", "seq_length", "vocab_size", "mask_probability", "whole_word")},
     )  # fmt: skip
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)

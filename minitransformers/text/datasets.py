@@ -1,7 +1,8 @@
 """Dataset loaders: each returns a plain list of strings, `Example`s or `Pair`s.
 
 Fetched sources (`python -m minitransformers fetch NAME`; see sources.py and data/README.md):
-    load_sentiment(split)   Rotten Tomatoes snippets (Hutto & Gilbert 2014), rating > 0 -> 1, < 0 -> 0, 0 dropped.
+    load_sentiment(split)   Rotten Tomatoes snippets (Hutto & Gilbert 2014), rating > 0 -> 1 "positive", < 0 -> 0
+                            "negative", 0 dropped.
                             Split rule: the kept examples' indices (file order) are shuffled with
                             `random.Random(0).shuffle`, then the first 80% are "train", the next 10% "validation",
                             the rest "test".
@@ -9,8 +10,11 @@ Fetched sources (`python -m minitransformers fetch NAME`; see sources.py and dat
     load_wikitext2(split)   WikiText-2 raw lines; its own train/valid/test split.
 Your own files:
     load_csv, load_jsonl    a text and an integer label per row or object (string labels via `labels=[names]`).
-    load_imdb(root, split)  the aclImdb/{train,test}/{pos,neg}/*.txt layout.
-    load_texts(path)        the non-empty lines of a text file.
+    load_imdb(root, split)  the aclImdb/{train,test}/{pos,neg}/*.txt layout, 0 "negative", 1 "positive".
+    load_texts(path)        the non-empty lines of a text file (`numbered_texts`: with their line numbers).
+
+`label_names(spec, labels)` names the label ids of a `--data SPEC`: the built-in sets' "negative", "positive", a
+file's string labels sorted (or in the order LABELS gives), or None for a file of integer labels.
 
 Errors name the file and, where one applies, its 1-based line.
 """
@@ -27,6 +31,7 @@ from typing import Sequence
 from .sources import data_dir
 
 SENTIMENT_SPLITS = ("train", "validation", "test")
+SENTIMENT_LABELS = ("negative", "positive")  # label ids 0 and 1 of load_sentiment and load_imdb
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,7 @@ def check_split(split: str, allowed: Sequence[str], what: str) -> None:
 
 
 def load_sentiment(split: str, root: str | Path | None = None) -> list[Example]:
-    """Movie review snippets, 1 = positive; the 80/10/10 split is the module docstring's rule."""
+    """Movie review snippets, 0 = negative, 1 = positive (SENTIMENT_LABELS); the 80/10/10 split is the module docstring's rule."""
     check_split(split, SENTIMENT_SPLITS, "load_sentiment")
     path = data_dir("sentiment", root) / "movieReviewSnippets_GroundTruth.txt"
     examples = []
@@ -87,20 +92,46 @@ def fixed_split(examples: Sequence, train: float, validation: float | None = Non
     return {name: [examples[i] for i in order[a:b]] for name, (a, b) in cuts.items() if validation is not None or name != "test"}
 
 
-def load_classification(spec: str, root: str | Path | None = None) -> dict[str, list[Example]]:
+def load_classification(spec: str, root: str | Path | None = None, labels: Sequence[str] | None = None) -> dict[str, list[Example]]:
     """train / validation / test splits for `--data SPEC`:
     - "sentiment": the built-in Rotten Tomatoes set and its fixed split;
     - a folder with train/ and test/ (the aclImdb layout): its test set, and its train set cut 90/10;
-    - a .csv or .jsonl file with `text` and `label` columns: cut 80/10/10 by the rule above."""
+    - a .csv or .jsonl file with `text` and `label` columns: cut 80/10/10 by the rule above, its labels mapped
+      to ids by `label_names(spec, labels)`."""
     if spec == "sentiment":
         return {split: load_sentiment(split, root) for split in SENTIMENT_SPLITS}
     path = Path(spec)
     if path.is_dir():
         return {**fixed_split(load_imdb(path, "train"), 0.9), "test": load_imdb(path, "test")}
-    loaders = {".csv": load_csv, ".jsonl": load_jsonl}
-    if path.suffix not in loaders:
+    load, _ = file_format(spec)
+    return fixed_split(load(path, labels=label_names(spec, labels)), 0.8, 0.1)
+
+
+def file_format(spec: str):
+    """(loader, row reader) of a .csv or .jsonl `--data` file."""
+    formats = {".csv": (load_csv, csv_rows), ".jsonl": (load_jsonl, jsonl_rows)}
+    if Path(spec).suffix not in formats:
         raise ValueError(f"--data {spec!r}: expected 'sentiment', an aclImdb folder, or a .csv / .jsonl file")
-    return fixed_split(loaders[path.suffix](path), 0.8, 0.1)
+    return formats[Path(spec).suffix]
+
+
+def label_names(spec: str, labels: Sequence[str] | None = None) -> list[str] | None:
+    """The names of label ids 0, 1, ... for `--data SPEC`, or None where the model is to call them LABEL_0, ...:
+    - LABELS if given (`--labels`): a file's labels must be among them (or be ids below their count), and a
+      built-in set's two labels are renamed;
+    - else "negative", "positive" for the built-in sets;
+    - else a file's string labels, sorted; None if every label of the file is an integer."""
+    if spec == "sentiment" or Path(spec).is_dir():
+        if labels is not None and len(labels) != len(SENTIMENT_LABELS):
+            raise ValueError(f"--data {spec!r} has {len(SENTIMENT_LABELS)} labels {list(SENTIMENT_LABELS)}; --labels gave {len(labels)}: {list(labels)}")
+        return list(labels or SENTIMENT_LABELS)
+    if labels is not None:
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"--labels {list(labels)}: a name is repeated; give each label one name")
+        return list(labels)
+    _, rows = file_format(spec)
+    names = {label for _, _, label in rows(spec) if isinstance(label, str)}
+    return sorted(names) if any(not is_integer(v) for v in names) else None
 
 
 def load_stsb(split: str, root: str | Path | None = None) -> list[Pair]:
@@ -125,20 +156,31 @@ def load_wikitext2(split: str, root: str | Path | None = None) -> list[str]:
 
 def load_texts(path: str | Path) -> list[str]:
     """The lines of a UTF-8 text file without their line ends, whitespace-only lines dropped."""
-    return [line.rstrip("\r\n") for line in decoded_lines(path) if line.strip()]
+    return [text for _, text in numbered_texts(path)]
+
+
+def numbered_texts(path: str | Path) -> list[tuple[int, str]]:
+    """`load_texts` with each line's 1-based line number in the file (blank lines counted)."""
+    return [(number, line.rstrip("\r\n")) for number, line in enumerate(decoded_lines(path), 1) if line.strip()]
+
+
+def is_integer(value) -> bool:
+    """An int (not a bool) or a string that reads as one, such as "1" or " -2"."""
+    return (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, str) and value.strip().lstrip("-").isdigit())
 
 
 def parse_label(value, labels: Sequence[str] | None, where: str) -> int:
-    """An int label as it is; with LABELS, a name maps to its index; without, an int-like string is parsed."""
-    if isinstance(value, int) and not isinstance(value, bool) and (labels is None or 0 <= value < len(labels)):
-        return value
+    """Without LABELS, an integer or an int-like string is the id. With LABELS, a name maps to its index, and an
+    integer below len(LABELS) is the id."""
     if labels is not None:
         if value in labels:
             return list(labels).index(value)
-        raise ValueError(f"{where}: unknown label {value!r}; expected one of {list(labels)} or an index below {len(labels)}")
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        if is_integer(value) and 0 <= int(value) < len(labels):
+            return int(value)
+        raise ValueError(f"{where}: unknown label {value!r}; expected one of {list(labels)} or an index below {len(labels)} (--labels NAME ... sets them)")
+    if is_integer(value):
         return int(value)
-    raise ValueError(f"{where}: label {value!r} is not an integer; pass labels=[name, ...] to map label names to ids")
+    raise ValueError(f"{where}: label {value!r} is not an integer; pass labels=[name, ...] (--labels on the command line) to map label names to ids")
 
 
 def missing_columns(where: str, found: Sequence[str], wanted: Sequence[str]) -> None:
@@ -149,25 +191,32 @@ def missing_columns(where: str, found: Sequence[str], wanted: Sequence[str]) -> 
 
 def load_csv(path: str | Path, text_column: str = "text", label_column: str = "label", labels: Sequence[str] | None = None) -> list[Example]:
     """Rows of a CSV file with a header row; see `parse_label` for the labels."""
+    return [Example(text, parse_label(label, labels, where)) for where, text, label in csv_rows(path, text_column, label_column)]
+
+
+def csv_rows(path: str | Path, text_column: str = "text", label_column: str = "label"):
+    """(where, text, label as written) for each non-empty row of a CSV file with a header row."""
     reader = csv.reader(decoded_lines(path))
     header = next(reader, None)
     if header is None:
         raise ValueError(f"{path}: empty file; expected a header row naming {text_column!r} and {label_column!r}")
     missing_columns(f"{path}:1", header, (text_column, label_column))
     text_at, label_at = header.index(text_column), header.index(label_column)
-    examples = []
     for row in reader:
         where = f"{path}:{reader.line_num}"
         if row and len(row) != len(header):
             raise ValueError(f"{where}: expected {len(header)} fields like the header, found {len(row)}")
         if row:
-            examples.append(Example(row[text_at], parse_label(row[label_at], labels, where)))
-    return examples
+            yield where, row[text_at], row[label_at]
 
 
 def load_jsonl(path: str | Path, text_column: str = "text", label_column: str = "label", labels: Sequence[str] | None = None) -> list[Example]:
     """One JSON object per line (blank lines skipped); see `parse_label` for the labels."""
-    examples = []
+    return [Example(text, parse_label(label, labels, where)) for where, text, label in jsonl_rows(path, text_column, label_column)]
+
+
+def jsonl_rows(path: str | Path, text_column: str = "text", label_column: str = "label"):
+    """(where, text, label as written) for each object of a JSON-lines file."""
     for number, line in enumerate(decoded_lines(path), 1):
         where = f"{path}:{number}"
         if not line.strip():
@@ -181,12 +230,12 @@ def load_jsonl(path: str | Path, text_column: str = "text", label_column: str = 
         missing_columns(where, list(obj), (text_column, label_column))
         if not isinstance(obj[text_column], str):
             raise ValueError(f"{where}: {text_column!r} should be a string, found {obj[text_column]!r}")
-        examples.append(Example(obj[text_column], parse_label(obj[label_column], labels, where)))
-    return examples
+        yield where, obj[text_column], obj[label_column]
 
 
 def load_imdb(root: str | Path, split: str) -> list[Example]:
-    """IMDB reviews (Maas et al. 2011) from ROOT = the `aclImdb` folder: neg (0) then pos (1), files sorted by name."""
+    """IMDB reviews (Maas et al. 2011) from ROOT = the `aclImdb` folder: neg (0, "negative") then pos (1, "positive"),
+    files sorted by name."""
     check_split(split, ("train", "test"), "load_imdb")
     examples = []
     for label, name in enumerate(("neg", "pos")):

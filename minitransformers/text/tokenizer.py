@@ -68,12 +68,22 @@ class Tokenizer:
         raise FileNotFoundError(f"{path}: no tokenizer.json or vocab.txt; is this a tokenizer folder?")
 
     def save_pretrained(self, path: str | Path) -> None:
-        """Write tokenizer.json and vocab.txt (ids in order), which `transformers.BertTokenizerFast` reads."""
+        """Write tokenizer.json and vocab.txt (ids in order), which `transformers.BertTokenizerFast` reads, and
+        tokenizer_config.json + special_tokens_map.json naming the BERT class and its special tokens (pad
+        included), so that `transformers.AutoTokenizer` gets them even from a folder without config.json."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save(str(path / "tokenizer.json"))
         vocab = sorted(self.tokenizer.get_vocab().items(), key=lambda item: item[1])
         (path / "vocab.txt").write_text("".join(token + "\n" for token, _ in vocab), encoding="utf-8")
+        roles = {"pad_token": self.tokenizer.id_to_token(self.pad_id), "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]"}
+        special = {role: token for role, token in roles.items() if self.token_to_id(token) is not None}
+        normalizer = json.loads(self.tokenizer.to_str()).get("normalizer") or {}
+        config = {"tokenizer_class": "BertTokenizer", **special}
+        if normalizer.get("type") == "BertNormalizer":
+            config["do_lower_case"] = normalizer["lowercase"]  # from_pretrained reads it back for a vocab.txt-only folder
+        (path / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        (path / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
 
     @property
     def vocab_size(self) -> int:

@@ -39,6 +39,11 @@ class TrainingDiverged(RuntimeError):
     pass
 
 
+# TrainConfig fields that a resumed run may change: the run folder is where the checkpoint is found, and the
+# evaluation batch size only groups the validation examples; neither changes a training step.
+RESUME_IGNORES = {"out", "eval_batch_size"}
+
+
 @dataclass
 class TrainConfig:
     out: str | None  # the run folder; None: write no file (see the module docstring)
@@ -63,16 +68,20 @@ class Trainer:
     def __init__(
         self, model: nn.Module, task, train_set: Sequence, eval_set: Sequence, collate: Callable, lengths: Sequence[int], config: TrainConfig,
         world: World = World(), eval_collate: Callable | None = None, save: Callable[[nn.Module, Path | None], None] | None = None,
+        identity: dict | None = None,
     ):  # fmt: skip
         """collate: a list of train_set items -> a batch of tensors; eval_collate (default: collate) does it for
         the evaluation items, e.g. when they were prepared once, such as fixed MLM masks. save(model, folder)
         keeps the best model (default: model.save_pretrained(folder), or nothing when out is None; an adapter
-        method saves only its part); folder is None when out is."""
+        method saves only its part); folder is None when out is. identity: what else makes the run this run
+        (numbers and strings, such as the model and data paths); `resume` refuses a checkpoint whose identity
+        or TrainConfig differs (see RESUME_IGNORES)."""
         if config.precision != "fp32" and world.device.type != "cuda":
             raise ValueError(f"precision {config.precision!r} needs CUDA; on {world.device.type} use fp32")
         self.model, self.task, self.config, self.world = model.to(world.device), task, config, world
         self.train_set, self.eval_set, self.collate, self.eval_collate = train_set, eval_set, collate, eval_collate or collate
         self.out = None if config.out is None else Path(config.out)
+        self.identity = dict(identity or {})
         self.save = save or (None if self.out is None else lambda model, folder: model.save_pretrained(folder))
         self.history: list[dict] = []  # every row this process logged (the main process only), as in metrics.jsonl
         self.sampler = BatchSampler(lengths, config.batch_size, bucket=config.bucket, seed=config.seed)
@@ -166,10 +175,23 @@ class Trainer:
             "state": {**self.state, "train_seconds": self.state["train_seconds"] + busy},
             "rng": checkpoint.rng_state(),
             "config": asdict(self.config),
+            "identity": self.identity,
         }
+
+    def check_same_run(self, ckpt: dict) -> None:
+        """Refuse to continue a checkpoint under other options: a new --steps builds a new learning-rate
+        schedule, a new --lr or --batch-size another optimisation, a new --data another run, all without a word."""
+        saved = {**{f"identity {k}": v for k, v in ckpt.get("identity", {}).items()}, **ckpt.get("config", {})}
+        now = {**{f"identity {k}": v for k, v in self.identity.items()}, **asdict(self.config)}
+        changed = [f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(saved.keys() | now.keys())
+                   if k not in RESUME_IGNORES and saved.get(k) != now.get(k)]  # fmt: skip
+        if changed:
+            raise ValueError(f"{self.out / 'checkpoint.pt'} was written by a run with other options: {', '.join(changed)}; "
+                             "rerun with the same options, or start a new --out")  # fmt: skip
 
     def resume(self) -> None:
         ckpt = checkpoint.load(self.out / "checkpoint.pt")
+        self.check_same_run(ckpt)
         unwrap(self.ddp).load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
