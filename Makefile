@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+STAMP_EXPERIMENTS := $(VENV)/.installed-experiments
 DATA_TEST := minilm sentiment stsb wikitext2 smollm2
 
 .PHONY: test test-slow test-without-extras experiment bench data clean
@@ -12,6 +13,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
+
+# The experiments extra (matplotlib, for the plots), on top of the test install; `make test` does not need it.
+$(STAMP_EXPERIMENTS): $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,experiments]'
+	touch $(STAMP_EXPERIMENTS)
 
 data: $(STAMP)
 	$(PY) -m minitransformers fetch $(DATA_TEST)
@@ -29,7 +35,7 @@ test-without-extras: $(STAMP)
 	$(PY) -m minitransformers fetch $(DATA_TEST)
 	MINITRANSFORMERS_HIDE=transformers,peft,bitsandbytes,triton,gguf $(PY) -m pytest -q -rs
 
-experiment: $(STAMP)
+experiment: $(STAMP_EXPERIMENTS)
 	$(PY) -m minitransformers fetch $(DATA_TEST)
 	$(PY) experiments/run.py
 

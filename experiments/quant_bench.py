@@ -9,14 +9,17 @@ query/key/value/output (768 × 768), FFN up (768 → 3072) and down (3072 → 76
     python experiments/quant_bench.py                 # all shapes, the CPU's threads
     python experiments/quant_bench.py --threads 2     # as on a 2-core machine
 
-Writes experiments/results/quant_bench_cpu.md and prints the table.
+Writes runs/quant_bench/quant_bench_cpu.md and prints the table; with --write-reference, experiments/results/
+instead, the committed report, which a run on a loaded machine must never overwrite.
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import shlex
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -27,6 +30,7 @@ from torch import nn
 from minitransformers.quant.qlinear import W8A8Linear
 
 RESULTS = Path(__file__).resolve().parent / "results"
+RUNS = Path(__file__).resolve().parent.parent / "runs" / "quant_bench"
 SHAPES = [(128, 768, 768), (1024, 768, 768), (1024, 768, 3072), (1024, 3072, 768)]  # (M tokens, K in, N out)
 
 
@@ -42,11 +46,27 @@ def median_ms(fn, inputs: list[torch.Tensor], warmup: int, repeats: int) -> floa
     return 1000 * statistics.median(times)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options and `out`: runs/quant_bench unless --out names another folder; experiments/results, the
+    committed report, only with --write-reference."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads (default: all)")
     parser.add_argument("--repeats", type=int, default=30, help="timed calls per measurement (default: 30)")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, help="the report's folder (default: runs/quant_bench)")
+    parser.add_argument("--write-reference", action="store_true", help="write the committed report, in experiments/results")
+    args = parser.parse_args(argv)
+    if args.write_reference and args.out is not None:
+        parser.error("--write-reference writes to experiments/results; leave out --out")
+    if args.out is not None and args.out.resolve() == RESULTS.resolve():
+        parser.error("experiments/results holds the committed reference report; pass --write-reference (and no --out) to replace it")
+    args.out = RESULTS if args.write_reference else args.out or RUNS
+    args.command = shlex.join(["python", "experiments/quant_bench.py", *(sys.argv[1:] if argv is None else argv)])
+    return args
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Run the bench, write its report into args.out and print it; -> the report's path."""
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
@@ -69,7 +89,8 @@ def main() -> None:
     lines = [
         "# W8A8 vs fp32 `F.linear` on the CPU",
         "",
-        f"Command: `python experiments/quant_bench.py --threads {args.threads}`; {device}; torch {torch.__version__}; median of {args.repeats} calls.",
+        f"Command: `{args.command}`; torch {torch.__version__}; device: {device}.",
+        f"Profile: {args.threads} threads; (M, K, N) {', '.join('×'.join(map(str, shape)) for shape in SHAPES)}; median of {args.repeats} calls after 3 warm-up, inputs rotating over 4 buffers.",
         "W8A8 is the whole layer: per-token absmax quantization of the fp32 input, `torch._int_mm`, rescaling, bias.",
         "",
         "| M × K → N | fp32 F.linear ms | W8A8 ms | speed-up | `_int_mm` alone ms | relative error ‖W8A8 − fp32‖/‖fp32‖ |",
@@ -77,9 +98,12 @@ def main() -> None:
         *[f"| {r['shape'][0]} × {r['shape'][1]} → {r['shape'][2]} | {r['fp32']:.2f} | {r['w8a8']:.2f} | {r['fp32'] / r['w8a8']:.2f}× | {r['int_mm']:.2f} | {r['error']:.4f} |" for r in rows],
         "",
     ]  # fmt: skip
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "quant_bench_cpu.md").write_text("\n".join(lines))
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "quant_bench_cpu.md"
+    path.write_text("\n".join(lines))
+    print(f"wrote {path}")
     print("\n".join(lines))
+    return path
 
 
 if __name__ == "__main__":

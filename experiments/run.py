@@ -1,5 +1,6 @@
 """Run every experiment in turn (`make experiment`; `PROFILE=full make experiment` for the long profiles).
-Each writes its report to experiments/results/."""
+Each comparison writes its report to experiments/results/ (one entry per profile); sts_benchmark.py writes to
+runs/sts_benchmark/ unless run with --write-reference."""
 
 import argparse
 import os

@@ -7,7 +7,8 @@ with the gold scores, × 100. When `transformers` is installed the same embeddin
 
     python experiments/sts_benchmark.py [--model data/minilm] [--device cpu]
 
-Writes experiments/results/sts_benchmark.md; the last line printed is JSON: {"test": …, "dev": …}.
+Writes runs/sts_benchmark/sts_benchmark.md; with --write-reference, experiments/results/ instead, the committed
+report, which `make experiment` must not rewrite on every run. The last line printed is JSON: {"test": …, "dev": …}.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -27,6 +30,7 @@ from minitransformers.text.datasets import load_stsb
 from minitransformers.text.sources import data_dir
 
 RESULTS = Path(__file__).resolve().parent / "results"
+RUNS = Path(__file__).resolve().parent.parent / "runs" / "sts_benchmark"
 
 
 def cosine_scores(encoder, tokenizer, pairs, batch_size) -> list[float]:
@@ -49,12 +53,28 @@ class HFEncoder(torch.nn.Module):
         return self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options and `out`: runs/sts_benchmark unless --out names another folder; experiments/results, the
+    committed report, only with --write-reference."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="an HF BERT folder (default: the fetched data/minilm)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, default=64)
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, help="the report's folder (default: runs/sts_benchmark)")
+    parser.add_argument("--write-reference", action="store_true", help="write the committed report, in experiments/results")
+    args = parser.parse_args(argv)
+    if args.write_reference and args.out is not None:
+        parser.error("--write-reference writes to experiments/results; leave out --out")
+    if args.out is not None and args.out.resolve() == RESULTS.resolve():
+        parser.error("experiments/results holds the committed reference report; pass --write-reference (and no --out) to replace it")
+    args.out = RESULTS if args.write_reference else args.out or RUNS
+    args.command = shlex.join(["python", "experiments/sts_benchmark.py", *(sys.argv[1:] if argv is None else argv)])
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Score every split, write the report into args.out, print it; -> {split: Spearman × 100 of ours}."""
+    args = parse_args(argv)
     model_dir = Path(args.model) if args.model else data_dir("minilm")
 
     tokenizer = Tokenizer.from_pretrained(model_dir)
@@ -81,7 +101,8 @@ def main() -> None:
     lines = [
         "# STS benchmark: all-MiniLM-L6-v2, cosine similarity of mean-pooled embeddings",
         "",
-        f"Command: `python experiments/sts_benchmark.py`. Device: {device}, torch {torch.__version__}.",
+        f"Command: `{args.command}`; torch {torch.__version__}; device: {device}.",
+        f"Profile: model `{args.model or 'data/minilm'}` ({', '.join(encoders)}), STS-B test and dev in full, batch size {args.batch_size}, no fine-tuning on STS-B.",
         "Metric: Spearman ρ × 100 between cosine similarity and the gold score (Reimers & Gurevych 2019, §4.1).",
         "",
         "| split | pairs | implementation | Spearman × 100 | seconds |",
@@ -89,10 +110,12 @@ def main() -> None:
         *[f"| {s} | {n} | {name} | {rho:.2f} | {sec:.1f} |" for s, n, name, rho, sec in rows],
         "",
     ]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "sts_benchmark.md").write_text("\n".join(lines), encoding="utf-8")
-    print(f"wrote {RESULTS / 'sts_benchmark.md'}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "sts_benchmark.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    print(f"wrote {path}")
     print(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ timed with CUDA events on a GPU or the wall clock on a CPU.
     python experiments/train_bench.py                 # GPU: BERT-base, bf16 autocast, 16 × 512, half the rows padded to 256
     python experiments/train_bench.py --batch 2 --seq 128 --layers 2   # a CPU-sized run
 
-Writes experiments/results/train_bench_<device>.md and prints the table last.
+Writes runs/train_bench/train_bench_<device>.md and prints the table last; with --write-reference,
+experiments/results/ instead, the committed report, which a run on a loaded machine must never overwrite.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import re
+import shlex
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +30,7 @@ from minitransformers import Encoder, EncoderConfig
 from minitransformers.model import SequenceClassifier
 
 RESULTS = Path(__file__).resolve().parent / "results"
+RUNS = Path(__file__).resolve().parent.parent / "runs" / "train_bench"
 
 
 def make_batch(vocab: int, batch: int, seq: int, device) -> dict:
@@ -74,7 +78,9 @@ def measure(name, model, logits_of, optimizer, batch, dtype, warmup, repeats) ->
     return {"name": name, "ms": seconds * 1e3, "tokens_per_s": tokens / seconds}
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options, with the device's defaults filled in, and `out`: runs/train_bench unless --out names another
+    folder; experiments/results, the committed report, only with --write-reference."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=None, help="default: 16 on a GPU, 4 on a CPU")
@@ -83,11 +89,25 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=None, help="default: 5 on a GPU, 2 on a CPU")
     parser.add_argument("--repeats", type=int, default=None, help="default: 20 on a GPU, 5 on a CPU")
     parser.add_argument("--compile", action="store_true", help="also time both models under torch.compile")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, help="the report's folder (default: runs/train_bench)")
+    parser.add_argument("--write-reference", action="store_true", help="write the committed report, in experiments/results")
+    args = parser.parse_args(argv)
     gpu = args.device.startswith("cuda")
     for name, on_gpu, on_cpu in (("batch", 16, 4), ("seq", 512, 128), ("warmup", 5, 2), ("repeats", 20, 5)):
         if getattr(args, name) is None:
             setattr(args, name, on_gpu if gpu else on_cpu)
+    if args.write_reference and args.out is not None:
+        parser.error("--write-reference writes to experiments/results; leave out --out")
+    if args.out is not None and args.out.resolve() == RESULTS.resolve():
+        parser.error("experiments/results holds the committed reference report; pass --write-reference (and no --out) to replace it")
+    args.out = RESULTS if args.write_reference else args.out or RUNS
+    args.command = shlex.join(["python", "experiments/train_bench.py", *(sys.argv[1:] if argv is None else argv)])
+    return args
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Run the bench, write its report into args.out and print it; -> the report's path."""
+    args = parse_args(argv)
     import transformers
 
     device = torch.device(args.device)
@@ -130,9 +150,10 @@ def main() -> None:
     lines = [
         f"# Training step throughput: {name}",
         "",
-        f"Command: `python experiments/train_bench.py --batch {args.batch} --seq {args.seq} --layers {args.layers} --repeats {args.repeats}{' --compile' if args.compile else ''}`; torch {torch.__version__}, transformers {transformers.__version__}.",
-        f"BERT-base width (768, 12 heads, FFN 3072), {args.layers} layers, batch {args.batch} × {args.seq}, rows {args.batch // 2}..{args.batch - 1} padded to {args.seq // 2}; "
-        f"{'bf16 autocast' if dtype == torch.bfloat16 else 'fp32'}; a step is forward, cross-entropy, backward, clipping and AdamW; median of {args.repeats} after {args.warmup} warm-up.",
+        f"Command: `{args.command}`; torch {torch.__version__}, transformers {transformers.__version__}; device: {name}.",
+        f"Profile: BERT-base width (768, 12 heads, FFN 3072), {args.layers} layers, batch {args.batch} × {args.seq}, rows {args.batch // 2}..{args.batch - 1} padded to {args.seq // 2}; "
+        f"{'bf16 autocast' if dtype == torch.bfloat16 else 'fp32'}; a step is forward, cross-entropy, backward, clipping and AdamW; median of {args.repeats} after {args.warmup} warm-up"
+        f"{'; eager and torch.compile' if args.compile else '; eager only'}.",
         "",
         "The ratio is against the first row: `transformers` as it comes, with torch's default AdamW.",
         "",
@@ -141,10 +162,17 @@ def main() -> None:
         *[f"| {r['name']} | {r['ms']:.1f} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s'] / base:.2f} |" for r in rows],
         "",
     ]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-    (RESULTS / f"train_bench_{slug}.md").write_text("\n".join(lines))
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"train_bench_{slug(name)}.md"
+    path.write_text("\n".join(lines))
+    print(f"wrote {path}")
     print("\n".join(lines))
+    return path
+
+
+def slug(device_name: str) -> str:
+    """'NVIDIA H100 80GB HBM3' -> 'nvidia_h100_80gb_hbm3', the report's file name."""
+    return re.sub(r"[^a-z0-9]+", "_", device_name.lower()).strip("_")
 
 
 if __name__ == "__main__":

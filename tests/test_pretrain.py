@@ -74,3 +74,23 @@ def test_fill_mask_prints_top_k_tokens_with_probabilities(run, capsys):
         assert len(fills) == 3 and probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1.0001
     with pytest.raises(SystemExit, match="no \\[MASK\\] token"):
         main(["fill-mask", "--model", str(run), "--device", "cpu", "no mask here"])
+
+
+def test_pretrain_says_what_it_does_before_the_silent_steps(monkeypatch, tmp_path, capsys):
+    from minitransformers.recipes import pretrain
+
+    (tmp_path / "train.raw").write_text("the cat sat on the mat .\nthe dog sat on the log .\n" * 20)
+    monkeypatch.setattr(pretrain, "data_dir", lambda name: tmp_path)
+
+    class Stop(Exception):
+        pass
+
+    def stop(split):
+        raise Stop("stop before packing")
+
+    monkeypatch.setattr(pretrain, "load_wikitext2", stop)
+    with pytest.raises(Stop):
+        pretrain.run(pretrain.PretrainConfig(steps=1, out=str(tmp_path / "out"), vocab_size=100, device="cpu"))
+    err = capsys.readouterr().err
+    assert f"training a WordPiece vocabulary of 100 on {tmp_path / 'train.raw'}" in err
+    assert "packing the train split" in err

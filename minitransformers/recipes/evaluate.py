@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from ..peft.methods import load_classifier
 from ..quant.serialize import QUANTIZATION, load_quantized
@@ -34,6 +35,7 @@ class EvaluateConfig:
     data: str  # 'sentiment', an aclImdb folder, or a .csv/.jsonl file
     base: str | None = None  # an adapter folder's base model, instead of the one adapter.json names
     split: str = "test"  # train | validation | test
+    max_examples: int = 0  # score only the first N examples of the split; 0: all
     batch_size: int = 32
     max_length: int = 128
     device: str = field(default_factory=default_device)
@@ -65,12 +67,16 @@ def run(config: EvaluateConfig) -> dict:
     device = torch.device(config.device)
     model = load_model(config.model, config.base).to(device).eval()
     tokenizer = Tokenizer.from_pretrained(config.model)
-    examples = encode_examples(tokenizer, load_classification(config.data, labels=model.labels)[config.split], config.max_length)
+    split = load_classification(config.data, labels=model.labels)[config.split]
+    if config.max_examples:
+        split = split[: config.max_examples]
+    examples = encode_examples(tokenizer, split, config.max_length)
     size = config.batch_size
     batches = [{k: v.to(device) for k, v in collate(examples[i : i + size], tokenizer.pad_id).items()} for i in range(0, len(examples), size)]
     seconds: list[float] = []
     with torch.inference_mode():
-        metrics = Classification(len(model.labels)).evaluate(model, timed_batches(batches, device, seconds))
+        bar = tqdm(batches, desc=config.split, unit="batch", leave=False)  # on stderr: stdout stays the metrics
+        metrics = Classification(len(model.labels)).evaluate(model, timed_batches(bar, device, seconds))
     metrics = {
         **metrics, "split": config.split, "examples": len(examples), "batch_size": size, "device": str(device),
         "latency_ms_per_batch": 1000 * statistics.median(seconds[1:] or seconds),

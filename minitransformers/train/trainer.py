@@ -131,11 +131,13 @@ class Trainer:
         return loss, grad_norm.item(), sum(int(m["attention_mask"].sum()) for m in micro)
 
     # ---- evaluation, logging, checkpoints ---------------------------------------------------------------
-    def evaluate(self, examples: Sequence, model: nn.Module | None = None) -> dict[str, float]:
-        """The task's metrics on `examples`, for the model being trained or another one (e.g. the best saved)."""
+    def evaluate(self, examples: Sequence, model: nn.Module | None = None, desc: str = "evaluate") -> dict[str, float]:
+        """The task's metrics on `examples`, for the model being trained or another one (e.g. the best saved);
+        a tqdm bar named `desc` (on stderr, main process only) counts the batches."""
         model = (model or unwrap(self.ddp)).eval()
         size = self.config.eval_batch_size
-        batches = (self.to_device(self.eval_collate(examples[i : i + size])) for i in range(0, len(examples), size))
+        starts = tqdm(range(0, len(examples), size), desc=desc, unit="batch", leave=False, disable=not self.world.is_main)
+        batches = (self.to_device(self.eval_collate(examples[i : i + size])) for i in starts)
         with self.autocast():
             return self.task.evaluate(model, batches)
 
@@ -155,7 +157,7 @@ class Trainer:
         """Evaluate on the validation set, keep the best model, and write the resume checkpoint (rank 0).
         `busy`: training seconds of this process so far, added to the checkpoint's total. -> the step."""
         if self.world.is_main:
-            metrics = self.evaluate(self.eval_set)
+            metrics = self.evaluate(self.eval_set, desc="validation")
             self.log({"step": self.state["step"], "epoch": self.state["epoch"], **{f"validation_{k}": v for k, v in metrics.items()}})
             if self.is_better(metrics[self.config.metric]):
                 self.state["best"] = metrics[self.config.metric]
