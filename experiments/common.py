@@ -7,12 +7,36 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import platform
+import shlex
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 
 from minitransformers.recipes import finetune
+
+
+RESULTS = Path(__file__).resolve().parent / "results"
+RUNS = Path(__file__).resolve().parent.parent / "runs"
+
+
+def add_output_args(parser: argparse.ArgumentParser, name: str) -> None:
+    """--out and --write-reference, for a script whose report is committed under experiments/results."""
+    parser.add_argument("--out", type=Path, help=f"the report's folder (default: runs/{name})")
+    parser.add_argument("--write-reference", action="store_true", help="write the committed report, in experiments/results")
+
+
+def resolve_output(parser: argparse.ArgumentParser, args: argparse.Namespace, name: str, argv: list[str] | None) -> argparse.Namespace:
+    """args.out: runs/NAME unless --out names another folder; experiments/results, the committed report, only with
+    --write-reference (a quick run must never overwrite a reference). args.command: the command as typed."""
+    if args.write_reference and args.out is not None:
+        parser.error("--write-reference writes to experiments/results; leave out --out")
+    if args.out is not None and args.out.resolve() == RESULTS.resolve():
+        parser.error("experiments/results holds the committed reference report; pass --write-reference (and no --out) to replace it")
+    args.out = RESULTS if args.write_reference else args.out or RUNS / name
+    args.command = shlex.join(["python", f"experiments/{name}.py", *(sys.argv[1:] if argv is None else argv)])
+    return args
 
 
 def device_name(device: str) -> str:

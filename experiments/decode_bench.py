@@ -37,14 +37,13 @@ import dataclasses
 import gc
 import json
 import re
-import shlex
 import signal
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
+from common import add_output_args, resolve_output
 from torch import nn
 from torch._dynamo.utils import counters
 
@@ -54,7 +53,6 @@ from minitransformers.model.causal_lm import CausalLM
 from minitransformers.model.generate import GenerationConfig, generate
 
 RESULTS = Path(__file__).resolve().parent / "results"
-RUNS = Path(__file__).resolve().parent.parent / "runs" / "decode_bench"
 PROMPT = 64
 DTYPE = torch.bfloat16
 LLAMA = dict(vocab_size=128256, num_kv_heads=8, num_heads=32, rope_theta=500000.0, tie_word_embeddings=False)
@@ -301,19 +299,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--new-tokens", type=int, help=f"tokens generated after the {PROMPT}-token prompt (default: 256 on a GPU, 32 on a CPU)")
     parser.add_argument("--repeats", type=int, default=3, help="timed generate calls a mode, after warm-up (the median is reported)")
     parser.add_argument("--budget-s", type=float, default=90.0, help="seconds a mode may take, compiling and warm-up included")
-    parser.add_argument("--out", type=Path, help="the report's folder (default: runs/decode_bench)")
-    parser.add_argument("--write-reference", action="store_true", help="write the committed report, in experiments/results")
+    add_output_args(parser, "decode_bench")
     args = parser.parse_args(argv)
     gpu = torch.device(args.device).type == "cuda"
     args.configs = args.configs or (["smollm2", "llama-1b"] if gpu else ["tiny"])
     args.new_tokens = args.new_tokens or (256 if gpu else 32)
-    if args.write_reference and args.out is not None:
-        parser.error("--write-reference writes to experiments/results; leave out --out")
-    if args.out is not None and args.out.resolve() == RESULTS.resolve():
-        parser.error("experiments/results holds the committed reference report; pass --write-reference (and no --out) to replace it")
-    args.out = RESULTS if args.write_reference else args.out or RUNS
-    args.command = shlex.join(["python", "experiments/decode_bench.py", *(sys.argv[1:] if argv is None else argv)])
-    return args
+    return resolve_output(parser, args, "decode_bench", argv)
 
 
 def main(argv: list[str] | None = None) -> dict:

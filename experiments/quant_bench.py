@@ -17,20 +17,18 @@ from __future__ import annotations
 
 import argparse
 import platform
-import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
+from common import add_output_args, resolve_output
 import torch.nn.functional as F
 from torch import nn
 
 from minitransformers.quant.qlinear import W8A8Linear
 
 RESULTS = Path(__file__).resolve().parent / "results"
-RUNS = Path(__file__).resolve().parent.parent / "runs" / "quant_bench"
 SHAPES = [(128, 768, 768), (1024, 768, 768), (1024, 768, 3072), (1024, 3072, 768)]  # (M tokens, K in, N out)
 
 
@@ -52,16 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads (default: all)")
     parser.add_argument("--repeats", type=int, default=30, help="timed calls per measurement (default: 30)")
-    parser.add_argument("--out", type=Path, help="the report's folder (default: runs/quant_bench)")
-    parser.add_argument("--write-reference", action="store_true", help="write the committed report, in experiments/results")
+    add_output_args(parser, "quant_bench")
     args = parser.parse_args(argv)
-    if args.write_reference and args.out is not None:
-        parser.error("--write-reference writes to experiments/results; leave out --out")
-    if args.out is not None and args.out.resolve() == RESULTS.resolve():
-        parser.error("experiments/results holds the committed reference report; pass --write-reference (and no --out) to replace it")
-    args.out = RESULTS if args.write_reference else args.out or RUNS
-    args.command = shlex.join(["python", "experiments/quant_bench.py", *(sys.argv[1:] if argv is None else argv)])
-    return args
+    return resolve_output(parser, args, "quant_bench", argv)
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shlex
-import sys
 import time
 from pathlib import Path
 
 import torch
+from common import add_output_args, resolve_output
 
 from minitransformers import Encoder, Tokenizer
 from minitransformers.metrics import spearman
@@ -30,7 +29,6 @@ from minitransformers.text.datasets import load_stsb
 from minitransformers.text.sources import data_dir
 
 RESULTS = Path(__file__).resolve().parent / "results"
-RUNS = Path(__file__).resolve().parent.parent / "runs" / "sts_benchmark"
 
 
 def cosine_scores(encoder, tokenizer, pairs, batch_size) -> list[float]:
@@ -60,16 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default=None, help="an HF BERT folder (default: the fetched data/minilm)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--out", type=Path, help="the report's folder (default: runs/sts_benchmark)")
-    parser.add_argument("--write-reference", action="store_true", help="write the committed report, in experiments/results")
+    add_output_args(parser, "sts_benchmark")
     args = parser.parse_args(argv)
-    if args.write_reference and args.out is not None:
-        parser.error("--write-reference writes to experiments/results; leave out --out")
-    if args.out is not None and args.out.resolve() == RESULTS.resolve():
-        parser.error("experiments/results holds the committed reference report; pass --write-reference (and no --out) to replace it")
-    args.out = RESULTS if args.write_reference else args.out or RUNS
-    args.command = shlex.join(["python", "experiments/sts_benchmark.py", *(sys.argv[1:] if argv is None else argv)])
-    return args
+    return resolve_output(parser, args, "sts_benchmark", argv)
 
 
 def main(argv: list[str] | None = None) -> dict:

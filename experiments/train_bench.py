@@ -16,21 +16,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import re
-import shlex
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from common import add_output_args, resolve_output
 import torch.nn.functional as F
 
 from minitransformers import Encoder, EncoderConfig
 from minitransformers.model import SequenceClassifier
 
 RESULTS = Path(__file__).resolve().parent / "results"
-RUNS = Path(__file__).resolve().parent.parent / "runs" / "train_bench"
 
 
 def make_batch(vocab: int, batch: int, seq: int, device) -> dict:
@@ -89,20 +87,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=None, help="default: 5 on a GPU, 2 on a CPU")
     parser.add_argument("--repeats", type=int, default=None, help="default: 20 on a GPU, 5 on a CPU")
     parser.add_argument("--compile", action="store_true", help="also time both models under torch.compile")
-    parser.add_argument("--out", type=Path, help="the report's folder (default: runs/train_bench)")
-    parser.add_argument("--write-reference", action="store_true", help="write the committed report, in experiments/results")
+    add_output_args(parser, "train_bench")
     args = parser.parse_args(argv)
     gpu = args.device.startswith("cuda")
     for name, on_gpu, on_cpu in (("batch", 16, 4), ("seq", 512, 128), ("warmup", 5, 2), ("repeats", 20, 5)):
         if getattr(args, name) is None:
             setattr(args, name, on_gpu if gpu else on_cpu)
-    if args.write_reference and args.out is not None:
-        parser.error("--write-reference writes to experiments/results; leave out --out")
-    if args.out is not None and args.out.resolve() == RESULTS.resolve():
-        parser.error("experiments/results holds the committed reference report; pass --write-reference (and no --out) to replace it")
-    args.out = RESULTS if args.write_reference else args.out or RUNS
-    args.command = shlex.join(["python", "experiments/train_bench.py", *(sys.argv[1:] if argv is None else argv)])
-    return args
+    return resolve_output(parser, args, "train_bench", argv)
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -352,3 +352,20 @@ def quantized_base(base):
     for name in adaptable_linears(model):
         model.set_submodule(name, NF4Linear.from_linear(model.get_submodule(name), double_quant=True))
     return model
+
+
+# --- experiment scripts loaded as modules (tests/test_bench_outputs.py, tests/test_decode_bench.py) ------------------
+
+EXPERIMENTS = DATA.parent / "experiments"
+
+
+def load_experiment(name: str):
+    """experiments/NAME.py as a module, with experiments/ on sys.path as when the script runs (it imports `common`)."""
+    import importlib.util
+
+    if str(EXPERIMENTS) not in sys.path:
+        sys.path.insert(0, str(EXPERIMENTS))
+    spec = importlib.util.spec_from_file_location(f"experiment_{name}", EXPERIMENTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -2,25 +2,18 @@
 a run on a loaded machine, or `make experiment`, must not overwrite the committed reports in experiments/results.
 Only the option parsing runs; no benchmark does."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from conftest import load_experiment
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 RUNS = EXPERIMENTS.parent / "runs"
 
 
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", EXPERIMENTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("name", ["train_bench", "quant_bench", "sts_benchmark"])
 def test_a_run_writes_under_runs_and_the_committed_report_only_when_told_to(name, tmp_path):
-    module = load(name)
+    module = load_experiment(name)
     args = module.parse_args([])
     assert args.out == RUNS / name and args.out.is_relative_to(RUNS)
     assert args.command == f"python experiments/{name}.py"

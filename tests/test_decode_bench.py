@@ -2,23 +2,18 @@
 must (device, versions, command, profile, copy rate, bytes a token, the ratios to transformers); a mode past its
 budget is stopped with a note; a run never overwrites the committed report unless told to. No timings are checked."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_experiment
 
 from minitransformers.model.causal_lm import CausalLM
 
 
 @pytest.fixture(scope="module")
 def decode_bench():
-    path = Path(__file__).resolve().parent.parent / "experiments" / "decode_bench.py"
-    spec = importlib.util.spec_from_file_location("decode_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment("decode_bench")
 
 
 def run_tiny(decode_bench, out, *extra) -> dict:
@@ -58,7 +53,7 @@ def test_a_mode_past_its_budget_is_stopped_with_a_note_and_the_report_still_writ
 
 
 def test_a_run_writes_the_committed_report_only_when_told_to(decode_bench):
-    assert decode_bench.parse_args(["--device", "cpu"]).out == decode_bench.RUNS
+    assert decode_bench.parse_args(["--device", "cpu"]).out == decode_bench.RESULTS.parent.parent / "runs" / "decode_bench"
     assert decode_bench.parse_args(["--device", "cpu", "--write-reference"]).out == decode_bench.RESULTS
     for refused in (["--out", str(decode_bench.RESULTS)], ["--write-reference", "--out", "elsewhere"]):
         with pytest.raises(SystemExit):
