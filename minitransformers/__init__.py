@@ -1,8 +1,8 @@
-"""minitransformers: how transformers are pretrained, fine-tuned, adapted and quantized, from scratch."""
+"""minitransformers: how transformers are pretrained, fine-tuned, adapted, quantized and made to generate, from scratch."""
 
-from .config import EncoderConfig
-from .model import Encoder
+from .config import DecoderConfig, EncoderConfig
+from .model import CausalLM, Encoder
 from .text.tokenizer import Tokenizer
 
-__all__ = ["EncoderConfig", "Encoder", "Tokenizer"]
+__all__ = ["EncoderConfig", "Encoder", "Tokenizer", "DecoderConfig", "CausalLM"]
 __version__ = "0.1.0"
