@@ -369,3 +369,16 @@ def load_experiment(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def copy_prefix_to_peft(prefix, encoder, reparameterize: bool) -> None:
+    """Put our prefix (a PrefixMLP, or a PrefixTable (L, 2, n, Hkv)) into peft's PrefixEncoder `encoder`, whose table
+    is (n, L·2·Hkv) and whose MLP is transform[0], tanh, transform[2]."""
+    with torch.no_grad():
+        if reparameterize:
+            encoder.embedding.weight.copy_(prefix.embedding)
+            encoder.transform[0].load_state_dict(prefix.up.state_dict())
+            encoder.transform[2].load_state_dict(prefix.down.state_dict())
+        else:
+            n = prefix.table.size(2)
+            encoder.embedding.weight.copy_(prefix.table.permute(2, 0, 1, 3).reshape(n, -1))  # (L, 2, n, Hkv) -> (n, L·2·Hkv)

@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import hf_llama_of, left_padded_batch, quantized_base, random_causal_lm
+from conftest import copy_prefix_to_peft, hf_llama_of, left_padded_batch, quantized_base, random_causal_lm
 from torch import nn
 
 from minitransformers.config import DecoderConfig
@@ -256,13 +256,7 @@ def test_prefix_tuning_matches_peft_on_llama(base, reparameterize, transformers,
     theirs = peft.get_peft_model(hf_llama_of(base, transformers), peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=N, prefix_projection=reparameterize)).eval()
     ours = add_prefix_tuning(base, N, reparameterize=reparameterize)
     prefix, encoder = ours.decoder.prefix, theirs.prompt_encoder["default"]
-    with torch.no_grad():
-        if reparameterize:
-            encoder.embedding.weight.copy_(prefix.embedding)
-            encoder.transform[0].load_state_dict(prefix.up.state_dict())
-            encoder.transform[2].load_state_dict(prefix.down.state_dict())
-        else:
-            encoder.embedding.weight.copy_(prefix.table.permute(2, 0, 1, 3).reshape(N, -1))  # (L, 2, n, Hkv) -> (n, L·2·Hkv)
+    copy_prefix_to_peft(prefix, encoder, reparameterize)
     ids, mask = left_padded_batch(CONFIG)
     positions = positions_of(mask)
     with torch.no_grad():
@@ -272,12 +266,18 @@ def test_prefix_tuning_matches_peft_on_llama(base, reparameterize, transformers,
     assert (logits - expected)[real].abs().max() <= 1e-5
 
 
-def test_prompt_tuning_matches_peft_on_llama_over_the_real_tokens(base, transformers, peft):
-    """peft prepends the prompt to inputs_embeds and extends the mask; Llama then numbers all n + T slots."""
+def prompt_tuned_pair(base, transformers, peft):
+    """Ours and peft's prompt tuning of the same LlamaForCausalLM, with the same N random prompt vectors."""
     theirs = peft.get_peft_model(hf_llama_of(base, transformers), peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=N)).eval()
     ours = add_prompt_tuning(base, N, init="random")
     with torch.no_grad():
         theirs.prompt_encoder["default"].embedding.weight.copy_(ours.decoder.prompt)
+    return ours, theirs
+
+
+def test_prompt_tuning_matches_peft_on_llama_over_the_real_tokens(base, transformers, peft):
+    """peft prepends the prompt to inputs_embeds and extends the mask; Llama then numbers all n + T slots."""
+    ours, theirs = prompt_tuned_pair(base, transformers, peft)
     ids = torch.randint(0, V, (3, 9))
     mask = (torch.arange(9)[None] < torch.tensor([[9], [6], [4]])).long()  # right padding: positions are the slots
     with torch.no_grad():
@@ -288,10 +288,7 @@ def test_prompt_tuning_matches_peft_on_llama_over_the_real_tokens(base, transfor
 
 
 def test_prompt_tuned_greedy_generation_matches_peft_generate(base, transformers, peft):
-    theirs = peft.get_peft_model(hf_llama_of(base, transformers), peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=N)).eval()
-    ours = add_prompt_tuning(base, N, init="random")
-    with torch.no_grad():
-        theirs.prompt_encoder["default"].embedding.weight.copy_(ours.decoder.prompt)
+    ours, theirs = prompt_tuned_pair(base, transformers, peft)
     ids = torch.randint(0, V, (2, 6))
     expected = theirs.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False)
     assert torch.equal(generate(ours, ids, config=GenerationConfig(max_new_tokens=10, temperature=0)), expected[:, -10:])

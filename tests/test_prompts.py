@@ -15,7 +15,7 @@ from minitransformers.model.attention import padding_bias
 from minitransformers.peft.common import count_parameters, disabled, load_trainable_state_dict, trainable_state_dict
 from minitransformers.peft.prompts import PrefixMLP, PrefixTable, add_prefix_tuning, add_prompt_tuning, merge_prefix, remove_prompt_tuning
 from minitransformers.text.tokenizer import SPECIAL_TOKENS, add_bert_template, bert_pipeline
-from conftest import random_batch
+from conftest import copy_prefix_to_peft, random_batch
 
 
 CONFIG = EncoderConfig(vocab_size=97, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=37, max_position_embeddings=24, type_vocab_size=3)
@@ -136,13 +136,7 @@ def test_prefix_tuning_matches_peft(tmp_path, reparameterize, impl, peft):
     theirs = peft_bert(ours, tmp_path, config)
     add_prefix_tuning(ours, N, reparameterize=reparameterize, **({"projection_dim": 12} if reparameterize else {}))
     prefix, encoder = ours.encoder.prefix, theirs.prompt_encoder["default"]
-    with torch.no_grad():
-        if reparameterize:
-            encoder.embedding.weight.copy_(prefix.embedding)
-            encoder.transform[0].load_state_dict(prefix.up.state_dict())
-            encoder.transform[2].load_state_dict(prefix.down.state_dict())
-        else:
-            encoder.embedding.weight.copy_(prefix.table.permute(2, 0, 1, 3).reshape(N, -1))  # (L, 2, n, H) -> (n, L·2·H)
+    copy_prefix_to_peft(prefix, encoder, reparameterize)
     ids, mask, _ = random_batch(CONFIG)
     positions = torch.arange(11)[None] - N
     with torch.no_grad():
