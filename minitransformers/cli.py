@@ -10,24 +10,40 @@ from dataclasses import fields
 import torch
 
 from .cli_lm import add_parsers as add_lm_parsers
-from .recipes import config_from, default_device
+from .errors import Error, InputError
+from .cli_args import count, device, fraction, nonnegative_float, positive_float, positive_int, probability
+from .recipes import config_from, default_device, max_length_for
+from .recipes.outputs import check_new_run, data_path
+
+
+# Each method option's flag: `method_options` refuses a flag that the chosen --method does not read.
+METHOD_FLAGS = {
+    "r": "--lora-r", "alpha": "--lora-alpha", "dropout": "--lora-dropout", "targets": "--lora-targets", "double_quant": "--no-double-quant",
+    "reduction_factor": "--reduction-factor", "train_layernorm": "--adapter-layernorm", "num_virtual_tokens": "--num-virtual-tokens",
+    "init": "--prompt-init", "init_text": "--prompt-init-text", "reparameterize": "--no-prefix-projection",
+}  # fmt: skip
 
 
 def method_options(args: argparse.Namespace):
     """--method's flags as the method's options dataclass (peft.methods.METHOD_CONFIGS), None for a method
-    without options; a flag left unset (None) takes the dataclass's default, e.g. each method's own targets."""
+    without options; a flag left unset (None) takes the dataclass's default, e.g. each method's own targets.
+    A flag the method does not read is an error, not silently ignored."""
     from .peft.methods import METHOD_CONFIGS
 
-    cls = METHOD_CONFIGS[args.method]
-    if cls is None:
-        return None
-    flags = {
+    flip = lambda flag: None if flag is None else not flag  # noqa: E731  # --no-X given -> X = False
+    given = {
         "r": args.lora_r, "alpha": args.lora_alpha, "dropout": args.lora_dropout, "targets": tuple(args.lora_targets) if args.lora_targets else None,
-        "double_quant": not args.no_double_quant, "reduction_factor": args.reduction_factor, "train_layernorm": args.adapter_layernorm,
+        "double_quant": flip(args.no_double_quant), "reduction_factor": args.reduction_factor, "train_layernorm": args.adapter_layernorm,
         "num_virtual_tokens": args.num_virtual_tokens, "init": args.prompt_init, "init_text": args.prompt_init_text,
-        "reparameterize": not args.no_prefix_projection,
+        "reparameterize": flip(args.no_prefix_projection),
     }  # fmt: skip
-    return cls(**{f.name: flags[f.name] for f in fields(cls) if flags.get(f.name) is not None})
+    given = {name: value for name, value in given.items() if value is not None}
+    cls = METHOD_CONFIGS[args.method]
+    known = {f.name for f in fields(cls)} if cls else set()
+    for name in given.keys() - known:
+        readers = [m for m, c in METHOD_CONFIGS.items() if c and name in {f.name for f in fields(c)}]
+        raise InputError(f"{METHOD_FLAGS[name]} applies to --method {' / '.join(readers)}, not to --method {args.method}; drop it")
+    return None if cls is None else cls(**given)
 
 
 def cmd_fetch(args) -> None:
@@ -37,18 +53,19 @@ def cmd_fetch(args) -> None:
         print(f"{name}: {fetch(name, root=args.root)}")
 
 
-def load_model(path: str, device: str):
+def load_model(path: str, device: str, max_length: int):
     from . import Encoder, Tokenizer
 
-    return Encoder.from_pretrained(path).to(device).eval(), Tokenizer.from_pretrained(path)
+    encoder = Encoder.from_pretrained(path)
+    return encoder.to(device).eval(), Tokenizer.from_pretrained(path), max_length_for(max_length, encoder.config.max_position_embeddings, default=256)
 
 
 def cmd_embed(args) -> None:
     from .sentence import embed
 
-    encoder, tokenizer = load_model(args.model, args.device)
     texts = read_texts(args)
-    for vector in embed(encoder, tokenizer, texts, args.batch_size, args.max_length).tolist():
+    encoder, tokenizer, max_length = load_model(args.model, args.device, args.max_length)
+    for vector in embed(encoder, tokenizer, texts, args.batch_size, max_length).tolist():
         print(json.dumps([round(x, args.digits) for x in vector]))
 
 
@@ -56,11 +73,11 @@ def cmd_search(args) -> None:
     from .sentence import embed, search
     from .text.datasets import numbered_texts
 
-    encoder, tokenizer = load_model(args.model, args.device)
+    encoder, tokenizer, max_length = load_model(args.model, args.device, args.max_length)
     numbered = numbered_texts(args.corpus)  # (line number in the file, text): blank lines are skipped, not renumbered
     corpus = [text for _, text in numbered]
-    corpus_emb = embed(encoder, tokenizer, corpus, args.batch_size, args.max_length, progress=True)
-    query_emb = embed(encoder, tokenizer, [args.query], max_length=args.max_length)
+    corpus_emb = embed(encoder, tokenizer, corpus, args.batch_size, max_length, progress=True)
+    query_emb = embed(encoder, tokenizer, [args.query], max_length=max_length)
     scores, indices = search(query_emb, corpus_emb, args.top_k)
     hits = [{"rank": r + 1, "score": round(s, 4), "line": numbered[i][0], "text": corpus[i]} for r, (s, i) in enumerate(zip(scores[0].tolist(), indices[0].tolist()))]
     if args.json:
@@ -71,14 +88,19 @@ def cmd_search(args) -> None:
 
 
 def read_texts(args) -> list[str]:
-    """The TEXT arguments, else the non-empty lines of stdin."""
-    return args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    """The TEXT arguments, else the non-empty lines of stdin; neither is an error."""
+    texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not texts:
+        raise InputError("no TEXT given and no lines on stdin; pass texts as arguments or pipe them in, one per line")
+    return texts
 
 
 def cmd_finetune(args) -> None:
     from .recipes import finetune
 
+    args.resume |= args.resume_anyway
     config = config_from(finetune.FinetuneConfig, args, bucket=not args.no_bucket, method_options=method_options(args))
+    check_new_run(args.out, {"--model": args.model, "--data": data_path(args.data)}, args.resume, args.overwrite)
     metrics = finetune.run(config)
     if args.json and metrics:
         print(json.dumps(metrics))
@@ -87,6 +109,7 @@ def cmd_finetune(args) -> None:
 def cmd_quantize(args) -> None:
     from .recipes import quantize
 
+    check_new_run(args.out, {"--model": args.model}, resume=False, overwrite=args.overwrite)
     report = quantize.run(config_from(quantize.QuantizeConfig, args, skip=tuple(args.skip)))
     print(json.dumps(report) if args.json else "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in report.items()))
 
@@ -94,6 +117,7 @@ def cmd_quantize(args) -> None:
 def cmd_compress(args) -> None:
     from .recipes import compress
 
+    check_new_run(args.out, {"--model": args.model, "--data": data_path(args.data)}, resume=False, overwrite=args.overwrite)
     report = compress.run(config_from(compress.CompressConfig, args))
     if args.json:
         print(json.dumps(report))
@@ -116,11 +140,13 @@ def cmd_predict(args) -> None:
     from .recipes.evaluate import load_model
     from .text.tokenizer import Tokenizer
 
-    model = load_model(args.model, args.base).to(args.device).eval()
-    tokenizer = Tokenizer.from_pretrained(args.model)
     texts = read_texts(args)
+    model = load_model(args.model, args.base)
+    max_length = max_length_for(args.max_length, model.encoder.config.max_position_embeddings, default=None)
+    model = model.to(args.device).eval()
+    tokenizer = Tokenizer.from_pretrained(args.model)
     with torch.no_grad():
-        batch = {k: v.to(args.device) for k, v in tokenizer(texts, max_length=args.max_length).items()}
+        batch = {k: v.to(args.device) for k, v in tokenizer(texts, max_length=max_length).items()}
         probs = model(**batch).float().softmax(-1)  # (B, num_labels)
     for text, p in zip(texts, probs):
         label = int(p.argmax())
@@ -131,6 +157,8 @@ def cmd_predict(args) -> None:
 def cmd_pretrain(args) -> None:
     from .recipes import pretrain
 
+    args.resume |= args.resume_anyway
+    check_new_run(args.out, {"--data": data_path(args.data)}, args.resume, args.overwrite)
     metrics = pretrain.run(config_from(pretrain.PretrainConfig, args))
     if args.json and metrics:
         print(json.dumps(metrics))
@@ -140,14 +168,17 @@ def cmd_fill_mask(args) -> None:
     from .model import MaskedLM
     from .text.tokenizer import Tokenizer
 
-    model = MaskedLM.from_pretrained(args.model).to(args.device).eval()
+    texts = read_texts(args)
+    model = MaskedLM.from_pretrained(args.model)
+    max_length = max_length_for(args.max_length, model.encoder.config.max_position_embeddings, default=None)
+    model = model.to(args.device).eval()
     tokenizer = Tokenizer.from_pretrained(args.model)
     mask_id = tokenizer.token_to_id("[MASK]")
-    for text in read_texts(args):
-        batch = {k: v.to(args.device) for k, v in tokenizer([text], max_length=args.max_length).items()}
+    for text in texts:
+        batch = {k: v.to(args.device) for k, v in tokenizer([text], max_length=max_length).items()}
         masked = batch["input_ids"] == mask_id  # (1, T)
         if not masked.any():
-            sys.exit(f"error: no [MASK] token in {text!r}")
+            raise InputError(f"no [MASK] token in {text!r}; write [MASK] where a word is to be predicted")
         with torch.no_grad():
             probs = model(**batch, positions=masked).float().softmax(-1)  # (masks, V)
         top = probs.topk(args.top_k, dim=-1)
@@ -162,9 +193,9 @@ def cmd_fill_mask(args) -> None:
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="an HF BERT folder, e.g. data/minilm (fetch minilm first)")
-    p.add_argument("--device", default=default_device(), help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default: 64)")
-    p.add_argument("--max-length", type=int, default=256, help="truncate texts to this many tokens (default: 256)")
+    p.add_argument("--device", default=default_device(), type=device, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="texts per forward pass (default: 64)")
+    p.add_argument("--max-length", type=positive_int, help="truncate texts to this many tokens (default: 256, or the model's positions if fewer)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,14 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("embed", help="print the sentence embedding of each text as a JSON list", description="Mean-pooled, L2-normalised sentence embeddings (Sentence-BERT), one JSON list per line. Texts come from the arguments, else one per line on stdin.")
     add_model_args(p)
-    p.add_argument("--digits", type=int, default=6, help="round each value to this many digits (default: 6)")
+    p.add_argument("--digits", type=count, default=6, help="round each value to this many digits (default: 6)")
     p.add_argument("texts", nargs="*", metavar="TEXT")
     p.set_defaults(run=cmd_embed)
 
     p = sub.add_parser("search", help="rank the lines of a file by cosine similarity to a query", description="Semantic search: embed every non-empty line of CORPUS and the query, print the top-k lines by cosine similarity.")
     add_model_args(p)
     p.add_argument("--corpus", required=True, help="a UTF-8 text file, one document per line")
-    p.add_argument("--top-k", type=int, default=5, help="how many lines to print (default: 5)")
+    p.add_argument("--top-k", type=positive_int, default=5, help="how many lines to print (default: 5)")
     p.add_argument("--json", action="store_true", help="print the hits as one JSON line")
     p.add_argument("query")
     p.set_defaults(run=cmd_search)
@@ -200,8 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="a whole-model classifier folder, e.g. one written by finetune --method full")
     p.add_argument("--method", required=True, choices=QUANT_METHODS, help="how to store the Linear weights")
     p.add_argument("--out", required=True, help="folder for the quantized model")
+    p.add_argument("--overwrite", action="store_true", help="replace the model already in --out")
     p.add_argument("--skip", nargs="*", default=["classifier"], help="keep Linear layers whose dotted name has one of these parts in fp32 (default: classifier)")
-    p.add_argument("--group-size", type=int, help="int4: inputs per scale (default: 128)")
+    p.add_argument("--group-size", type=positive_int, help="int4: inputs per scale (default: 128)")
     p.add_argument("--double-quant", action="store_true", help="nf4, fp4: quantize the absmax too (QLoRA's double quantization)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON line")
     p.set_defaults(run=cmd_quantize)
@@ -210,18 +242,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="a whole-model classifier folder, e.g. one written by finetune --method full")
     p.add_argument("--data", required=True, help="the set it was fine-tuned on: 'sentiment', an aclImdb folder, or a .csv/.jsonl file")
     p.add_argument("--out", required=True, help="folder for the compressed model")
-    p.add_argument("--sparsity", type=float, default=0.5, help="fraction of each Linear weight pruned (default: 0.5)")
+    p.add_argument("--overwrite", action="store_true", help="replace the model already in --out")
+    p.add_argument("--sparsity", type=fraction, default=0.5, help="fraction of each Linear weight pruned (default: 0.5)")
     p.add_argument("--scope", choices=("layer", "global"), default="layer", help="one threshold per layer, or one for all (default: layer)")
     p.add_argument("--bits", type=int, choices=(4, 8), default=4, help="code bits: 2^bits - 1 centroids per layer plus the zero; the packed folder stores 4 or 8 (default: 4)")
-    p.add_argument("--index-bits", type=int, default=5, help="bits of a relative index in the storage count (default: 5, the paper's for fully connected layers)")
-    p.add_argument("--epochs", type=int, default=1, help="epochs of each retraining (default: 1)")
-    p.add_argument("--lr", type=float, default=2e-5, help="peak learning rate when retraining the pruned model (default: 2e-5)")
-    p.add_argument("--centroid-lr", type=float, default=1e-4, help="peak learning rate of the centroids (default: 1e-4)")
-    p.add_argument("--batch-size", type=int, default=32, help="examples per step (default: 32)")
-    p.add_argument("--max-length", type=int, default=128, help="truncate to this many tokens (default: 128)")
-    p.add_argument("--max-train-examples", type=int, default=0, help="retrain on the first N training examples only (default: all)")
-    p.add_argument("--seed", type=int, default=0, help="seeds data order and k-means++ (default: 0)")
-    p.add_argument("--device", default=default_device(), help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--index-bits", type=positive_int, default=5, help="bits of a relative index in the storage count (default: 5, the paper's for fully connected layers)")
+    p.add_argument("--epochs", type=positive_int, default=1, help="epochs of each retraining (default: 1)")
+    p.add_argument("--lr", type=positive_float, default=2e-5, help="peak learning rate when retraining the pruned model (default: 2e-5)")
+    p.add_argument("--centroid-lr", type=positive_float, default=1e-4, help="peak learning rate of the centroids (default: 1e-4)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="examples per step (default: 32)")
+    p.add_argument("--max-length", type=positive_int, help="truncate to this many tokens (default: 128, or the model's positions if fewer)")
+    p.add_argument("--max-train-examples", type=count, default=0, help="retrain on the first N training examples only (default: all)")
+    p.add_argument("--seed", type=count, default=0, help="seeds data order and k-means++ (default: 0)")
+    p.add_argument("--device", default=default_device(), type=device, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON line")
     p.set_defaults(run=cmd_compress)
 
@@ -230,18 +263,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", help="an adapter folder's base model, instead of the one its adapter.json names (for a run folder moved or copied elsewhere)")
     p.add_argument("--data", required=True, help="'sentiment', an aclImdb folder, or a .csv/.jsonl file with text and label columns")
     p.add_argument("--split", default="test", choices=("train", "validation", "test"), help="which split to score (default: test)")
-    p.add_argument("--max-examples", type=int, default=0, help="score only the first N examples of the split, for a quick try (default: all)")
-    p.add_argument("--batch-size", type=int, default=32, help="examples per forward pass (default: 32)")
-    p.add_argument("--max-length", type=int, default=128, help="truncate to this many tokens (default: 128)")
-    p.add_argument("--device", default=default_device(), help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--max-examples", type=count, default=0, help="score only the first N examples of the split, for a quick try (default: all)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="examples per forward pass (default: 32)")
+    p.add_argument("--max-length", type=positive_int, help="truncate to this many tokens (default: 128, or the model's positions if fewer)")
+    p.add_argument("--device", default=default_device(), type=device, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON line")
     p.set_defaults(run=cmd_evaluate)
 
     p = sub.add_parser("predict", help="classify texts with a fine-tuned model", description="Print the predicted label and its probability for each text (arguments, else lines of stdin).")
     p.add_argument("--model", required=True, help="a folder written by finetune (any --method) or quantize, or any HF BertForSequenceClassification folder")
     p.add_argument("--base", help="an adapter folder's base model, instead of the one its adapter.json names (for a run folder moved or copied elsewhere)")
-    p.add_argument("--device", default=default_device(), help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--max-length", type=int, default=512, help="truncate texts to this many tokens (default: 512)")
+    p.add_argument("--device", default=default_device(), type=device, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--max-length", type=positive_int, help="truncate texts to this many tokens (default: the model's positions, 512 for BERT)")
     p.add_argument("--json", action="store_true", help="one JSON object per text")
     p.add_argument("texts", nargs="*", metavar="TEXT")
     p.set_defaults(run=cmd_predict)
@@ -252,13 +285,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fill-mask", help="print the most likely tokens for each [MASK] in a text", description="Top-k predictions with their probabilities at each [MASK] of each text (arguments, else lines of stdin).")
     p.add_argument("--model", required=True, help="a folder written by pretrain (or any HF BertForMaskedLM folder)")
-    p.add_argument("--device", default=default_device(), help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--top-k", type=int, default=5, help="predictions per [MASK] (default: 5)")
-    p.add_argument("--max-length", type=int, default=512, help="truncate texts to this many tokens (default: 512)")
+    p.add_argument("--device", default=default_device(), type=device, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--top-k", type=positive_int, default=5, help="predictions per [MASK] (default: 5)")
+    p.add_argument("--max-length", type=positive_int, help="truncate texts to this many tokens (default: the model's positions, 512 for BERT)")
     p.add_argument("--json", action="store_true", help="one JSON object per text")
     p.add_argument("texts", nargs="*", metavar="TEXT")
     p.set_defaults(run=cmd_fill_mask)
     add_lm_parsers(sub)
+    for command in sub.choices.values():
+        command.add_argument("--debug", action="store_true", help="on an error, show the Python traceback instead of the one-line message")
     return parser
 
 
@@ -267,22 +302,29 @@ def add_pretrain_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--data", default="wikitext2", choices=("wikitext2",), help="the pretraining text (default: wikitext2; fetch it first)")
     p.add_argument("--size", default="small", choices=SIZES, help="tiny: 2 layers × 128, small: 4 × 256, base: 12 × 768 (default: small)")
-    p.add_argument("--steps", type=int, required=True, help="optimizer steps")
+    p.add_argument("--steps", type=positive_int, required=True, help="optimizer steps")
     p.add_argument("--out", required=True, help="run folder: metrics, checkpoint, tokenizer and the best model")
-    p.add_argument("--seq-length", type=int, default=128, help="tokens per packed sequence, [CLS] and [SEP] included (default: 128)")
-    p.add_argument("--vocab-size", type=int, default=8192, help="WordPiece vocabulary learned on the training split (default: 8192)")
-    p.add_argument("--mask-probability", type=float, default=0.15, help="fraction of tokens selected for prediction (default: 0.15)")
+    p.add_argument("--seq-length", type=positive_int, default=128, help="tokens per packed sequence, [CLS] and [SEP] included (default: 128)")
+    p.add_argument("--vocab-size", type=positive_int, default=8192, help="WordPiece vocabulary learned on the training split (default: 8192)")
+    p.add_argument("--mask-probability", type=probability, default=0.15, help="fraction of tokens selected for prediction (default: 0.15)")
     p.add_argument("--whole-word", action="store_true", help="select all pieces of a word together (whole-word masking)")
-    p.add_argument("--batch-size", type=int, default=64, help="global batch of sequences (default: 64)")
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-steps per optimizer step (default: 1)")
-    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default: 5e-4, for small models from scratch)")
-    p.add_argument("--warmup", type=float, default=0.06, help="fraction of the steps for linear warmup (default: 0.06)")
-    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW decay, not applied to biases and LayerNorm (default: 0.01)")
-    p.add_argument("--eval-every", type=int, default=0, help="evaluate and checkpoint every N steps (default: 0, at the end)")
-    p.add_argument("--seed", type=int, default=0, help="seeds initialisation, data order, masking and dropout (default: 0)")
-    p.add_argument("--device", default=default_device(), help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="global batch of sequences (default: 64)")
+    p.add_argument("--grad-accum", type=positive_int, default=1, help="micro-steps per optimizer step (default: 1)")
+    p.add_argument("--lr", type=positive_float, default=5e-4, help="peak learning rate (default: 5e-4, for small models from scratch)")
+    p.add_argument("--warmup", type=fraction, default=0.06, help="fraction of the steps for linear warmup (default: 0.06)")
+    p.add_argument("--weight-decay", type=nonnegative_float, default=0.01, help="AdamW decay, not applied to biases and LayerNorm (default: 0.01)")
+    p.add_argument("--eval-every", type=count, default=0, help="evaluate and checkpoint every N steps (default: 0, at the end)")
+    p.add_argument("--seed", type=count, default=0, help="seeds initialisation, data order, masking and dropout (default: 0)")
+    p.add_argument("--device", default=default_device(), type=device, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast dtype on CUDA; CPU runs fp32 (default: fp32)")
-    p.add_argument("--resume", action="store_true", help="continue exactly from --out/checkpoint.pt")
+    add_run_args(p)
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """The flags of a training run's folder: resume it, replace it, print its result as JSON."""
+    p.add_argument("--resume", action="store_true", help="continue exactly from --out/checkpoint.pt (refused if the options or the inputs' sha256 changed)")
+    p.add_argument("--resume-anyway", action="store_true", help="--resume, even though options or inputs changed; the changes are listed on stderr")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its log, checkpoint and metrics are deleted first)")
     p.add_argument("--json", action="store_true", help="print the final metrics as one JSON line")
 
 
@@ -291,29 +333,28 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="'sentiment', an aclImdb folder, or a .csv/.jsonl file with text and label columns")
     p.add_argument("--out", required=True, help="run folder: metrics, checkpoint and the best model")
     p.add_argument("--labels", nargs="+", metavar="NAME", help="names of label ids 0, 1, ... in this order, kept in the model (config.json's id2label); a .csv/.jsonl file's labels must be these names or ids below their count (default: the data's own: negative positive for sentiment and aclImdb, a file's string labels sorted, LABEL_0 ... for integer labels)")
-    p.add_argument("--epochs", type=int, default=3, help="passes over the training set (default: 3)")
-    p.add_argument("--max-steps", type=int, default=0, help="stop after this many optimizer steps (default: 0, the epochs decide)")
-    p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (default: 5e-5)")
-    p.add_argument("--batch-size", type=int, default=32, help="global batch: examples per micro-step over all processes (default: 32)")
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-steps per optimizer step (default: 1)")
-    p.add_argument("--max-length", type=int, default=128, help="truncate to this many tokens (default: 128)")
-    p.add_argument("--max-train-examples", type=int, default=0, help="use only the first N training examples (default: all)")
-    p.add_argument("--max-eval-examples", type=int, default=0, help="validate and test on the first N examples of each split only, for a quick try (default: all)")
-    p.add_argument("--warmup", type=float, default=0.1, help="fraction of the steps for linear warmup (default: 0.1)")
+    p.add_argument("--epochs", type=positive_int, default=3, help="passes over the training set (default: 3)")
+    p.add_argument("--max-steps", type=count, default=0, help="stop after this many optimizer steps (default: 0, the epochs decide)")
+    p.add_argument("--lr", type=positive_float, default=5e-5, help="peak learning rate (default: 5e-5)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="global batch: examples per micro-step over all processes (default: 32)")
+    p.add_argument("--grad-accum", type=positive_int, default=1, help="micro-steps per optimizer step (default: 1)")
+    p.add_argument("--max-length", type=positive_int, help="truncate to this many tokens (default: 128, or the model's positions if fewer)")
+    p.add_argument("--max-train-examples", type=count, default=0, help="use only the first N training examples (default: all)")
+    p.add_argument("--max-eval-examples", type=count, default=0, help="validate and test on the first N examples of each split only, for a quick try (default: all)")
+    p.add_argument("--warmup", type=fraction, default=0.1, help="fraction of the steps for linear warmup (default: 0.1)")
     p.add_argument("--schedule", choices=("linear", "cosine"), default="linear", help="decay after warmup (default: linear)")
-    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW decay, not applied to biases and LayerNorm (default: 0.01)")
-    p.add_argument("--max-grad-norm", type=float, default=1.0, help="clip the gradient norm to this (default: 1.0)")
-    p.add_argument("--eval-every", type=int, default=0, help="evaluate and checkpoint every N steps (default: 0, each epoch end)")
+    p.add_argument("--weight-decay", type=nonnegative_float, default=0.01, help="AdamW decay, not applied to biases and LayerNorm (default: 0.01)")
+    p.add_argument("--max-grad-norm", type=positive_float, default=1.0, help="clip the gradient norm to this (default: 1.0)")
+    p.add_argument("--eval-every", type=count, default=0, help="evaluate and checkpoint every N steps (default: 0, each epoch end)")
     p.add_argument("--metric", default="accuracy", choices=("accuracy", "macro_f1", "loss"), help="picks the best checkpoint (default: accuracy)")
     p.add_argument("--pooling", default="pooler", choices=("pooler", "cls", "mean"), help="sequence representation for the head (default: pooler, as BERT)")
     p.add_argument("--unpad", action="store_true", help="run the dense layers on real tokens only, skipping padding (faster on GPU; model/unpad.py)")
     p.add_argument("--no-bucket", action="store_true", help="plain shuffled batches instead of length-bucketed ones")
-    p.add_argument("--seed", type=int, default=0, help="seeds data order, initialisation and dropout (default: 0)")
-    p.add_argument("--device", default=default_device(), help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--seed", type=count, default=0, help="seeds data order, initialisation and dropout (default: 0)")
+    p.add_argument("--device", default=default_device(), type=device, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast dtype on CUDA; CPU runs fp32 (default: fp32)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute each encoder layer in the backward pass instead of keeping its activations: less memory, about one more forward")
-    p.add_argument("--resume", action="store_true", help="continue exactly from --out/checkpoint.pt")
-    p.add_argument("--json", action="store_true", help="print the final metrics as one JSON line")
+    add_run_args(p)
     add_method_args(p)
 
 
@@ -323,22 +364,34 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("method", "what trains (minitransformers/peft/); the base stays frozen except with full")
     g.add_argument("--method", default="full", choices=METHODS, help="full: every weight; head: a linear probe; bitfit: biases; lora; qlora: lora over a frozen NF4 base; houlsby / pfeiffer: bottleneck adapters; prompt / prefix: soft prompts (default: full)")
-    g.add_argument("--lora-r", type=int, default=8, help="lora, qlora: rank r (default: 8, Hu et al.)")
-    g.add_argument("--lora-alpha", type=float, default=16, help="lora, qlora: the update is scaled by alpha / r (default: 16)")
-    g.add_argument("--lora-dropout", type=float, default=0.0, help="lora, qlora: dropout on the input of the low-rank path (default: 0)")
+    g.add_argument("--lora-r", type=positive_int, help="lora, qlora: rank r (default: 8, Hu et al.)")
+    g.add_argument("--lora-alpha", type=positive_float, help="lora, qlora: the update is scaled by alpha / r (default: 16)")
+    g.add_argument("--lora-dropout", type=fraction, help="lora, qlora: dropout on the input of the low-rank path (default: 0)")
     g.add_argument("--lora-targets", nargs="+", help="lora, qlora: adapt the linears whose names end with these (default: query value for lora, as Hu et al.; every Linear of the layers for qlora, as Dettmers et al.: query key value out (gate) up down)")
-    g.add_argument("--no-double-quant", action="store_true", help="qlora: keep the NF4 block absmax in float32 (4.5 bits a weight) instead of quantizing them to 8 bits (about 4.127)")
-    g.add_argument("--reduction-factor", type=float, default=16, help="houlsby / pfeiffer: bottleneck = hidden size / this (default: 16)")
+    g.add_argument("--no-double-quant", action="store_true", default=None, help="qlora: keep the NF4 block absmax in float32 (4.5 bits a weight) instead of quantizing them to 8 bits (about 4.127)")
+    g.add_argument("--reduction-factor", type=positive_float, help="houlsby / pfeiffer: bottleneck = hidden size / this (default: 16)")
     g.add_argument("--adapter-layernorm", action=argparse.BooleanOptionalAction, default=None, help="houlsby / pfeiffer: train the LayerNorms too (default: yes for houlsby, no for pfeiffer, as the papers)")
-    g.add_argument("--num-virtual-tokens", type=int, default=20, help="prompt / prefix: number of learned vectors (default: 20)")
-    g.add_argument("--prompt-init", default="vocab", choices=PROMPT_INITS, help="prompt: start from sampled word vectors, random ones, or --prompt-init-text (default: vocab)")
+    g.add_argument("--num-virtual-tokens", type=positive_int, help="prompt / prefix: number of learned vectors (default: 20)")
+    g.add_argument("--prompt-init", choices=PROMPT_INITS, help="prompt: start from sampled word vectors, random ones, or --prompt-init-text (default: vocab)")
     g.add_argument("--prompt-init-text", help="prompt: with --prompt-init text, the text whose token vectors start the prompt, e.g. 'negative positive'")
-    g.add_argument("--no-prefix-projection", action="store_true", help="prefix: learn the prefixes directly instead of through the paper's MLP")
+    g.add_argument("--no-prefix-projection", action="store_true", default=None, help="prefix: learn the prefixes directly instead of through the paper's MLP")
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run one command. The project's errors (errors.py) and the operating system's (a missing file, a full disk)
+    print as one line, `error: ...`, and exit with status 2, as argparse's own do; `--debug` shows the traceback
+    instead. Anything else is a bug and shows its traceback."""
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
-        sys.exit(f"error: {err}")
+    except (Error, OSError, torch.OutOfMemoryError) as err:
+        if args.debug:
+            raise
+        message = " ".join(str(err).split())  # one line, whatever the message held
+        if isinstance(err, torch.OutOfMemoryError):
+            message = f"out of memory on {args.device}: lower --batch-size or --max-length ({message[:200]})"
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None

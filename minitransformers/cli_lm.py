@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from .errors import InputError
+from .cli_args import count, device, nonnegative_float, positive_float, positive_int, probability
 from .recipes import config_from, default_device
 
 MODEL_HELP = "data/smollm2 (fetch smollm2 first), a .gguf file, or an HF LlamaForCausalLM folder"
@@ -48,7 +50,7 @@ def cmd_chat(args) -> None:
         history.append({"role": "user", "content": line.strip()})
         ids = tokenizer.encode(template.render(history, add_generation_prompt=True))
         if len(ids) + config.max_new_tokens > model.config.max_position_embeddings:
-            raise ValueError(f"the conversation is {len(ids)} tokens; with {config.max_new_tokens} new ones it exceeds the model's positions: /reset")
+            raise InputError(f"the conversation is {len(ids)} tokens; with {config.max_new_tokens} new ones it exceeds the model's positions: /reset")
         answer = []
         for text, _ in generate.stream_text(model, tokenizer, ids, options):
             print(text, end="", flush=True)
@@ -79,17 +81,17 @@ def cmd_tokenize(args) -> None:
 
 def add_lm_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help=MODEL_HELP)
-    p.add_argument("--device", default=default_device(), help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--device", default=default_device(), type=device, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="weights and compute (default: float32)")
 
 
 def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
-    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help=f"at most this many new tokens (default: {max_new_tokens})")
-    p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0 = greedy (default: 0.8, as llama.cpp)")
-    p.add_argument("--top-k", type=int, default=40, help="sample among the k most likely tokens; 0 = all (default: 40)")
-    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling: the smallest set of tokens with this much probability (default: 0.95)")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="divide the logits of tokens already seen by this (CTRL; default: 1.0, off)")
-    p.add_argument("--seed", type=int, default=None, help="seed the sampling (default: torch's global generator)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=max_new_tokens, help=f"at most this many new tokens (default: {max_new_tokens})")
+    p.add_argument("--temperature", type=nonnegative_float, default=0.8, help="softmax temperature; 0 = greedy (default: 0.8, as llama.cpp)")
+    p.add_argument("--top-k", type=count, default=40, help="sample among the k most likely tokens; 0 = all (default: 40)")
+    p.add_argument("--top-p", type=probability, default=0.95, help="nucleus sampling: the smallest set of tokens with this much probability (default: 0.95)")
+    p.add_argument("--repetition-penalty", type=positive_float, default=1.0, help="divide the logits of tokens already seen by this (CTRL; default: 1.0, off)")
+    p.add_argument("--seed", type=count, default=None, help="seed the sampling (default: torch's global generator)")
     p.add_argument("--system", help="a system message (default: the template's own, if it has one)")
     p.add_argument("--template", choices=("chatml", "smollm2"), help="render with this chat template instead of the model's")
 
@@ -112,9 +114,9 @@ def add_parsers(sub) -> None:
     add_lm_args(p)
     p.add_argument("--data", default="wikitext2", help="'wikitext2' (fetch it first) or a UTF-8 text file (default: wikitext2)")
     p.add_argument("--split", default="test", choices=("train", "validation", "test"), help="with wikitext2: which split (default: test)")
-    p.add_argument("--context", type=int, default=512, help="tokens per window (default: 512, llama.cpp's)")
-    p.add_argument("--max-chunks", type=int, default=0, help="score only the first K windows (default: 0, all)")
-    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default: 8)")
+    p.add_argument("--context", type=positive_int, default=512, help="tokens per window (default: 512, llama.cpp's)")
+    p.add_argument("--max-chunks", type=count, default=0, help="score only the first K windows (default: 0, all)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="windows per forward pass (default: 8)")
     p.add_argument("--json", action="store_true", help='print {"perplexity": ..., "tokens_scored": ...} as one JSON line')
     p.set_defaults(run=cmd_perplexity)
 

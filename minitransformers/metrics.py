@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import InputError
+
 
 def rankdata(x) -> np.ndarray:
     """1-based ranks; ties get the average of the ranks they occupy."""
@@ -32,7 +34,7 @@ def pearson(x, y) -> float:
 
 def spearman(x, y) -> float:
     if len(x) != len(y) or len(x) < 2:
-        raise ValueError(f"spearman needs two sequences of equal length >= 2, got {len(x)} and {len(y)}")
+        raise InputError(f"spearman needs two sequences of equal length >= 2, got {len(x)} and {len(y)}")
     return pearson(rankdata(x), rankdata(y))
 
 

@@ -114,8 +114,13 @@ def save_edited(model, tmp_path, edit):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A 2-layer, 32-wide BERT (dropout 0, so processes agree) with a WordPiece vocabulary, and a CSV of
-    250 synthetic reviews whose label is the sentiment word they contain."""
-    root = tmp_path_factory.mktemp("tiny")
+    250 synthetic reviews whose label is the sentiment word they contain (`make_tiny`)."""
+    return make_tiny(tmp_path_factory.mktemp("tiny"))
+
+
+def make_tiny(root: Path) -> Path:
+    """The `tiny` fixture's files in ROOT: model/ (config, weights, tokenizer), reviews.csv and corpus.txt."""
+    root.mkdir(parents=True, exist_ok=True)
     rng = random.Random(0)
     rows = []
     for _ in range(250):
@@ -137,8 +142,8 @@ def tiny(tmp_path_factory):
 
 
 def finetune_argv(tiny, out, *extra) -> list[str]:
-    """`finetune` on the tiny model and reviews, into `out`, with `extra` flags."""
-    return ["finetune", "--model", str(tiny / "model"), "--data", str(tiny / "reviews.csv"), "--out", str(out), "--batch-size", "8", "--lr", "1e-3", "--device", "cpu", *extra]
+    """`finetune` on the tiny model and reviews, into `out`, with `extra` flags (later ones win); --max-length is its 32 positions."""
+    return ["finetune", "--model", str(tiny / "model"), "--data", str(tiny / "reviews.csv"), "--out", str(out), "--batch-size", "8", "--lr", "1e-3", "--device", "cpu", "--max-length", "32", *extra]
 
 
 def final_weights(out) -> dict:
@@ -178,7 +183,7 @@ def finetune_config(tiny, out, **fields):
     """`finetune_argv`'s run as a recipe config: the tiny model and reviews, into `out`, with `fields` set."""
     from minitransformers.recipes.finetune import FinetuneConfig
 
-    return FinetuneConfig(model=str(tiny / "model"), data=str(tiny / "reviews.csv"), out=str(out), batch_size=8, lr=1e-3, device="cpu", **fields)
+    return FinetuneConfig(model=str(tiny / "model"), data=str(tiny / "reviews.csv"), out=str(out), **{"batch_size": 8, "lr": 1e-3, "device": "cpu", "max_length": 32, **fields})
 
 
 # --- GGUF files written from scratch (tests/test_gguf.py, tests/test_llama_weights.py) -----------------------------
@@ -382,3 +387,23 @@ def copy_prefix_to_peft(prefix, encoder, reparameterize: bool) -> None:
         else:
             n = prefix.table.size(2)
             encoder.embedding.weight.copy_(prefix.table.permute(2, 0, 1, 3).reshape(n, -1))  # (L, 2, n, Hkv) -> (n, L·2·Hkv)
+
+
+# --- the command line's errors ------------------------------------------------------------------------------------
+
+
+def cli_error(argv: list[str], capsys) -> str:
+    """Run `python -m minitransformers ARGV` in this process, expecting the one-line error of a bad input: exit
+    status 2, no traceback, and the last line of stderr `error: ...` (after argparse's usage line, for a flag).
+    Returns that line."""
+    from minitransformers.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, f"exit status {exit_info.value.code!r}, stderr: {err}"
+    assert "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert "error:" in last, err
+    return last

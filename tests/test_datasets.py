@@ -104,12 +104,12 @@ def test_jsonl_errors_name_the_file_and_line(tmp_path):
 
 
 def test_imdb_layout_gives_neg_then_pos_in_sorted_order(tmp_path):
-    for split, label, name, text in [("train", "pos", "10_9.txt", "great"), ("train", "pos", "1_10.txt", "superb"), ("train", "neg", "3_1.txt", "awful<br />"), ("test", "pos", "0_8.txt", "nice")]:
+    for split, label, name, text in [("train", "pos", "10_9.txt", "great"), ("train", "pos", "1_10.txt", "superb"), ("train", "neg", "3_1.txt", "awful<br />"), ("test", "pos", "0_8.txt", "nice"), ("test", "neg", "0_2.txt", "dull")]:
         (tmp_path / split / label).mkdir(parents=True, exist_ok=True)
         (tmp_path / split / label / name).write_text(text, encoding="utf-8")
-    (tmp_path / "test" / "neg").mkdir()
     assert load_imdb(tmp_path, "train") == [Example("awful<br />", 0), Example("great", 1), Example("superb", 1)]
-    assert load_imdb(tmp_path, "test") == [Example("nice", 1)]
+    assert load_imdb(tmp_path, "test") == [Example("dull", 0), Example("nice", 1)]
+    (tmp_path / "test" / "neg" / "0_2.txt").unlink()
     (tmp_path / "test" / "neg").rmdir()
     with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'test' / 'neg'}: no such folder"):
         load_imdb(tmp_path, "test")

@@ -96,9 +96,15 @@ def test_missing_key_fails_listing_it(tmp_path):
         Encoder.from_pretrained(tmp_path)
 
 
-def test_unexpected_key_fails_listing_it(tmp_path):
+def test_a_layer_more_than_config_json_says_fails_before_the_model_is_built(tmp_path):
     save_edited(Encoder(TINY_CONFIGS[0]), tmp_path, lambda s: s.update({"encoder.layer.2.output.dense.weight": torch.randn(3, 3)}))
-    with pytest.raises(ValueError, match=r"unexpected keys \['encoder.layer.2.output.dense.weight'\]"):
+    with pytest.raises(ValueError, match=r"config.json: num_hidden_layers is 2, but the weights hold 3 layers numbered 0 … 2"):
+        Encoder.from_pretrained(tmp_path)
+
+
+def test_unexpected_key_fails_listing_it(tmp_path):
+    save_edited(Encoder(TINY_CONFIGS[0]), tmp_path, lambda s: s.update({"embeddings.extra.weight": torch.randn(3, 3)}))
+    with pytest.raises(ValueError, match=r"unexpected keys \['embeddings.extra.weight'\]"):
         Encoder.from_pretrained(tmp_path)
 
 

@@ -7,7 +7,7 @@ import json
 from dataclasses import replace
 
 import pytest
-from conftest import finetune_argv, finetune_config
+from conftest import cli_error, finetune_argv, finetune_config
 
 from minitransformers.cli import main
 from minitransformers.peft.methods import load_classifier
@@ -64,10 +64,10 @@ def test_labels_flag_sets_the_order_and_the_adapter_keeps_it(tiny, tmp_path, nam
     assert [e.label for e in load_csv(named_csv, labels=["positive", "negative"])] == [int(name == "negative") for name in written]
 
 
-def test_a_label_missing_from_labels_fails_naming_the_file_and_line(tiny, tmp_path, named_csv):  # noqa: F811
+def test_a_label_missing_from_labels_fails_naming_the_file_and_line(tiny, tmp_path, named_csv, capsys):  # noqa: F811
     line = 2 + next(i for i, r in enumerate(reviews(tiny)) if r["label"] == "1")  # the header is line 1
-    with pytest.raises(SystemExit, match=rf"named.csv:{line}: unknown label 'positive'; expected one of \['negative', 'neutral'\]"):
-        main([*finetune_argv(tiny, tmp_path / "run"), "--data", str(named_csv), "--labels", "negative", "neutral"])
+    error = cli_error([*finetune_argv(tiny, tmp_path / "run"), "--data", str(named_csv), "--labels", "negative", "neutral"], capsys)
+    assert f"named.csv:{line}: unknown label 'positive'; expected one of ['negative', 'neutral']" in error
 
 
 def test_integer_labels_keep_label_i_and_builtin_sets_check_the_count(tiny):  # noqa: F811

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from conftest import cli_error
 
 from minitransformers import Encoder, Tokenizer
 from minitransformers.cli import main
@@ -63,6 +64,5 @@ def test_every_command_has_help(command, capsys):
     assert exit_.value.code == 0 and "usage:" in capsys.readouterr().out
 
 
-def test_cli_error_names_the_missing_model_folder(tmp_path):
-    with pytest.raises(SystemExit, match="config.json"):
-        main(["embed", "--model", str(tmp_path / "nope"), "x"])
+def test_cli_error_names_the_missing_model_folder(tmp_path, capsys):
+    assert "config.json" in cli_error(["embed", "--model", str(tmp_path / "nope"), "x"], capsys)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import final_weights, finetune_argv, finetune_config
+from conftest import cli_error, final_weights, finetune_argv, finetune_config
 
 from minitransformers.cli import main
 from minitransformers.model import SequenceClassifier
@@ -72,7 +72,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny, tmp_path, m
 
     monkeypatch.setattr(Trainer, "train_step", crash_after_20)
     interrupted = finetune_argv(tiny, tmp_path / "resumed", "--max-steps", "40", "--eval-every", "20")
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit, match="130"):  # Ctrl-C: the CLI prints "interrupted" and exits 130, as a shell does
         main(interrupted)
     assert checkpoint.load(tmp_path / "resumed" / "checkpoint.pt")["state"]["step"] == 20
     monkeypatch.setattr(Trainer, "train_step", original)
@@ -188,15 +188,17 @@ def test_mixed_precision_on_cuda_learns_and_keeps_fp32_weights(tiny, tmp_path, c
     assert all(v.dtype == torch.float32 for v in final_weights(tmp_path / "run").values() if v.is_floating_point())
 
 
-def test_resume_with_other_options_is_refused_naming_each_change(tiny, tmp_path):
-    """A resumed run must be the run it continues: a new --lr, --max-steps or --data would change it silently."""
+def test_resume_with_other_options_is_refused_naming_each_change(tiny, tmp_path, capsys):
+    """A resumed run must be the run it continues: a new --lr, --max-steps or --data would change it silently.
+    The data is compared by its sha256, so a copy elsewhere is the same data and an edited file is not."""
     run = finetune_config(tiny, tmp_path / "run", max_steps=10)
     finetune.run(run)
-    with pytest.raises(ValueError, match=r"lr 0\.001 -> 0\.002; rerun with the same options, or start a new --out"):
+    with pytest.raises(ValueError, match=r"lr 0\.001 -> 0\.002; rerun with the same options, start a new --out, or pass --resume-anyway"):
         finetune.run(dataclasses.replace(run, lr=2e-3, resume=True))
-    (tmp_path / "other.csv").write_bytes((tiny / "reviews.csv").read_bytes())
-    with pytest.raises(ValueError, match=r"identity data '.*reviews\.csv' -> '.*other\.csv', max_steps 10 -> 20"):
+    (tmp_path / "copy.csv").write_bytes((tiny / "reviews.csv").read_bytes())
+    (tmp_path / "other.csv").write_bytes((tiny / "reviews.csv").read_bytes() + b"one more review good,1\n")
+    with pytest.raises(ValueError, match=r"identity data_sha256 '[0-9a-f]{64}' -> '[0-9a-f]{64}', max_steps 10 -> 20"):
         finetune.run(dataclasses.replace(run, data=str(tmp_path / "other.csv"), max_steps=20, resume=True))
-    with pytest.raises(SystemExit, match="lr 0.001 -> 0.002"):  # the command line says the same
-        main([*finetune_argv(tiny, tmp_path / "run", "--max-steps", "10", "--resume"), "--lr", "2e-3"])
+    assert "lr 0.001 -> 0.002" in cli_error([*finetune_argv(tiny, tmp_path / "run", "--max-steps", "10", "--resume"), "--lr", "2e-3"], capsys)
+    finetune.run(dataclasses.replace(run, data=str(tmp_path / "copy.csv"), resume=True))  # the same bytes elsewhere: the same run
     finetune.run(dataclasses.replace(run, resume=True))  # the same options: allowed

@@ -34,6 +34,8 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from ..errors import InputError
+
 
 def _f32(raw: torch.Tensor) -> torch.Tensor:
     return raw.view(torch.float32).clone()  # a copy: the caller owns its memory, never a view of the file
@@ -96,5 +98,5 @@ def dequantize(raw: torch.Tensor, type_name: str) -> torch.Tensor:
     block = BLOCK_TYPES[type_name]
     raw = raw.reshape(-1)
     if raw.dtype != torch.uint8 or raw.numel() % block.nbytes:
-        raise ValueError(f"{type_name}: expected uint8 bytes of whole {block.nbytes}-byte blocks, got {raw.numel()} of {raw.dtype}")
+        raise InputError(f"{type_name}: expected uint8 bytes of whole {block.nbytes}-byte blocks, got {raw.numel()} of {raw.dtype}")
     return block.dequantize(raw)

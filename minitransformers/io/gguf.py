@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import InputError
 from .ggml_blocks import BLOCK_TYPES, dequantize
 
 # value_type -> (name, struct code); strings and arrays have no fixed size. Bools are read as bytes and checked.
@@ -80,7 +81,7 @@ class _Cursor:
         self.path, self.buf, self.pos, self.entry = path, buf, 0, "header"
 
     def fail(self, problem: str):
-        raise ValueError(f"{self.path}: {self.entry}: {problem}")
+        raise InputError(f"{self.path}: {self.entry}: {problem}")
 
     def left(self) -> int:
         return len(self.buf) - self.pos
@@ -175,7 +176,7 @@ def _read_header(path: Path, buf: mmap.mmap) -> tuple[int, dict, list[tuple], in
 def _check_tensor(path: Path, info: tuple, data_start: int, alignment: int, size: int) -> TensorInfo:
     """Check one tensor info against its type and the file's bytes."""
     name, ne, type_id, offset = info
-    fail = lambda problem: ValueError(f"{path}: tensor {name!r}: {problem}")  # noqa: E731
+    fail = lambda problem: InputError(f"{path}: tensor {name!r}: {problem}")  # noqa: E731
     if type_id not in GGML_TYPES:
         raise fail(f"has unknown ggml type {type_id}")
     type_name = GGML_TYPES[type_id]
@@ -198,7 +199,7 @@ def _check_overlaps(path: Path, tensors: list[TensorInfo]) -> None:
     end, previous = 0, None
     for t in sorted(tensors, key=lambda t: t.offset):
         if t.offset < end:
-            raise ValueError(f"{path}: tensor {t.name!r} at bytes [{t.offset}, {t.offset + t.nbytes}) overlaps tensor {previous!r}, which ends at {end}")
+            raise InputError(f"{path}: tensor {t.name!r} at bytes [{t.offset}, {t.offset + t.nbytes}) overlaps tensor {previous!r}, which ends at {end}")
         end, previous = t.offset + t.nbytes, t.name
 
 
@@ -213,7 +214,7 @@ class GGUFFile:
         self.tensors: dict[str, TensorInfo] = {}
         for info in infos:
             if info[0] in self.tensors:
-                raise ValueError(f"{path}: tensor {info[0]!r}: appears twice")
+                raise InputError(f"{path}: tensor {info[0]!r}: appears twice")
             self.tensors[info[0]] = _check_tensor(path, info, self.data_start, alignment, len(buf))
         _check_overlaps(path, list(self.tensors.values()))
         self._buf = buf
@@ -241,6 +242,6 @@ def read_gguf(path: str | Path) -> GGUFFile:
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size < HEADER_BYTES:
-            raise ValueError(f"{path}: file is {size} bytes, shorter than the {HEADER_BYTES}-byte GGUF header; is it truncated?")
+            raise InputError(f"{path}: file is {size} bytes, shorter than the {HEADER_BYTES}-byte GGUF header; is it truncated?")
         buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # stays valid once the file is closed
     return GGUFFile(path, buf)

@@ -21,10 +21,13 @@ and `classifier.bias`; our SequenceClassifier names them `encoder.*` and `classi
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
 
+from ..errors import InputError
+from . import manifest
 from .safetensors import load_file, save_file
 
 # Buffers that older checkpoints saved alongside the weights; they hold no learned values.
@@ -61,6 +64,7 @@ def weight_map(num_layers: int, pooler: bool) -> dict[str, str]:
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict of an HF folder: model.safetensors, else pytorch_model.bin (tensors only)."""
     path = Path(path)
+    manifest.verify(path, "model.safetensors", "pytorch_model.bin")
     if (path / "model.safetensors").is_file():
         return load_file(path / "model.safetensors")
     if (path / "pytorch_model.bin").is_file():
@@ -92,10 +96,40 @@ def check_keys(found: dict, expected: dict, path, what: str, hint: str) -> None:
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     if missing or unexpected:
-        raise ValueError(f"{path}: checkpoint does not match {what}; missing keys {missing}, unexpected keys {unexpected}; {hint}")
+        raise InputError(f"{path}: checkpoint does not match {what}; missing keys {missing}, unexpected keys {unexpected}; {hint}")
     wrong = [f"{k}: checkpoint {tuple(found[k].shape)}, model {tuple(v.shape)}" for k, v in expected.items() if found[k].shape != v.shape]
     if wrong:
-        raise ValueError(f"{path}: mis-shaped keys {wrong}; does config.json match the weights?")
+        raise InputError(f"{path}: mis-shaped keys {wrong}; does config.json match the weights?")
+    check_values(path, {k: found[k] for k in expected if isinstance(found[k], torch.Tensor)})  # a GGUF's entries are headers only
+
+
+def check_values(path, tensors: dict[str, torch.Tensor]) -> None:
+    """Weights are floating point and finite: an integer tensor (an I64 one, or F32 bytes relabelled I32) would
+    load as nonsense, and one NaN or inf makes every output NaN."""
+    for name, t in tensors.items():
+        if not t.is_floating_point():
+            raise InputError(f"{path}: tensor {name!r} is {t.dtype}, but a weight must be floating point; is the file damaged or foreign?")
+        bad = t.numel() - int(torch.isfinite(t).sum())
+        if bad:
+            raise InputError(f"{path}: tensor {name!r} holds {bad} NaN or inf value(s) of {t.numel()}; the weights are damaged or the training diverged")
+
+
+def check_layer_count(hf_state: dict, num_layers: int, path) -> None:
+    """config.json's layer count against the layers the weights hold, before a model of that size is built."""
+    found = {int(m.group(1)) for k in strip_prefix(hf_state) if (m := re.match(r"encoder\.layer\.(\d+)\.", k))}
+    if found != set(range(num_layers)):
+        held = f"{len(found)} layers" + (f" numbered {min(found)} … {max(found)}" if found else "")
+        raise InputError(f"{Path(path) / 'config.json'}: num_hidden_layers is {num_layers}, but the weights hold {held}; does config.json belong to these weights?")
+
+
+def materialize(model: torch.nn.Module) -> torch.nn.Module:
+    """A model built on the meta device (shapes only, to check a checkpoint against before allocating) given real,
+    uninitialised CPU storage for load_state_dict to fill; its tied weights (`tied_weights`) tied again."""
+    model = model.to_empty(device="cpu")
+    for alias, owner in getattr(model, "tied_weights", {}).items():
+        module, _, name = alias.rpartition(".")
+        setattr(model.get_submodule(module), name, model.get_parameter(owner))
+    return model
 
 
 def to_ours(hf_state: dict, num_layers: int, expected: dict[str, torch.Tensor], path) -> dict[str, torch.Tensor]:
@@ -117,7 +151,7 @@ def split_classifier(hf_state: dict, path) -> tuple[dict[str, torch.Tensor], dic
     """A BertForSequenceClassification state dict -> (its encoder part, its `classifier.*` part)."""
     head = {k: v for k, v in hf_state.items() if k.startswith("classifier.")}
     if not head:
-        raise ValueError(
+        raise InputError(
             f"{path}: no classifier.* keys, only an encoder's; to put a new head on this encoder use "
             "SequenceClassifier.from_encoder(path, num_labels)"
         )
@@ -143,11 +177,26 @@ def classifier_to_hf(state: dict[str, torch.Tensor], num_layers: int) -> dict[st
 
 def read_config(path: str | Path) -> dict:
     """The config.json of an HF folder, as a dict."""
+    manifest.verify(path, "config.json")
     path = Path(path) / "config.json"
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: cannot read an HF config.json ({err})") from err
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: cannot read an HF config.json ({err})") from err
+    if not isinstance(config, dict):
+        raise InputError(f"{path}: is a JSON {type(config).__name__}, expected an object of hyperparameters")
+    return config
+
+
+def labels_of(config: dict, path) -> list[str]:
+    """A classifier's label names, id order, from config.json's id2label ({"0": name, ...}; LABEL_i by num_labels
+    without it). Refuses keys that are not the ids 0 … K−1 and names that are not strings."""
+    id2label = config.get("id2label") or {str(i): f"LABEL_{i}" for i in range(config.get("num_labels", 2) if type(config.get("num_labels", 2)) is int else -1)}
+    if not isinstance(id2label, dict) or sorted(id2label) != sorted(str(i) for i in range(len(id2label))) or not id2label:
+        raise InputError(f"{Path(path) / 'config.json'}: id2label {str(id2label)[:100]} should map the ids \"0\" … \"K−1\" to names (num_labels a positive int)")
+    if not all(isinstance(name, str) for name in id2label.values()):
+        raise InputError(f"{Path(path) / 'config.json'}: id2label's names must be strings, found {list(id2label.values())[:5]}")
+    return [id2label[str(i)] for i in range(len(id2label))]
 
 
 def save(path: str | Path, config: dict, hf_state: dict[str, torch.Tensor]) -> None:
@@ -187,7 +236,7 @@ def mlm_to_ours(hf_state: dict, num_layers: int, expected: dict[str, torch.Tenso
     encoder = to_ours({k: v for k, v in hf_state.items() if not k.startswith("cls.")}, num_layers, expected_encoder, path)
     word = encoder["embeddings.word.weight"]
     if decoder is not None and not torch.equal(decoder, word):
-        raise ValueError(
+        raise InputError(
             f"{path}: cls.predictions.decoder.weight differs from the word embeddings; MaskedLM ties them "
             "(one Parameter) and cannot hold an untied decoder"
         )

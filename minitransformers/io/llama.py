@@ -33,8 +33,9 @@ from collections.abc import Collection, Mapping
 
 import torch
 
+from ..errors import InputError
 from .gguf import GGUFFile
-from .hf import check_keys
+from .hf import check_keys, check_values
 
 # ours -> (llama.cpp, transformers), per layer and for the whole model; each name ends in ".weight"
 _LAYER = {
@@ -96,17 +97,17 @@ def config_from_gguf(f: GGUFFile) -> dict:
     """The Llama hyperparameters of a GGUF file's metadata, named as DecoderConfig's fields."""
     m = f.metadata
     if m.get("general.architecture") != "llama":
-        raise ValueError(f"{f.path}: general.architecture is {m.get('general.architecture')!r}; only 'llama' GGUF files are read")
+        raise InputError(f"{f.path}: general.architecture is {m.get('general.architecture')!r}; only 'llama' GGUF files are read")
 
     def need(key: str):
         if f"llama.{key}" not in m:
-            raise ValueError(f"{f.path}: metadata lacks 'llama.{key}', which a llama GGUF file has; was it written by llama.cpp?")
+            raise InputError(f"{f.path}: metadata lacks 'llama.{key}', which a llama GGUF file has; was it written by llama.cpp?")
         return m[f"llama.{key}"]
 
     hidden, heads = need("embedding_length"), need("attention.head_count")
     tokens = m.get("tokenizer.ggml.tokens")
     if "llama.vocab_size" not in m and not isinstance(tokens, list):
-        raise ValueError(f"{f.path}: metadata lacks both 'llama.vocab_size' and 'tokenizer.ggml.tokens'; cannot tell the vocabulary size")
+        raise InputError(f"{f.path}: metadata lacks both 'llama.vocab_size' and 'tokenizer.ggml.tokens'; cannot tell the vocabulary size")
     config = {
         "vocab_size": m.get("llama.vocab_size", len(tokens or ())),  # llama.cpp's rule: the key, else the tokens
         "hidden_size": hidden,
@@ -123,15 +124,15 @@ def config_from_gguf(f: GGUFFile) -> dict:
     bad = {k: config[k] for k in counts if type(config[k]) is not int or config[k] <= 0}
     bad |= {k: config[k] for k in ("rope_theta", "rms_norm_eps") if type(config[k]) not in (int, float) or not config[k] > 0}
     if bad:
-        raise ValueError(f"{f.path}: hyperparameters {bad} must be positive numbers (integers but for rope_theta and rms_norm_eps)")
+        raise InputError(f"{f.path}: hyperparameters {bad} must be positive numbers (integers but for rope_theta and rms_norm_eps)")
     config["rope_theta"], config["rms_norm_eps"] = float(config["rope_theta"]), float(config["rms_norm_eps"])
     if hidden % heads or heads % config["num_kv_heads"]:
-        raise ValueError(f"{f.path}: {heads} heads must divide the width {hidden}, and {config['num_kv_heads']} kv heads the heads")
+        raise InputError(f"{f.path}: {heads} heads must divide the width {hidden}, and {config['num_kv_heads']} kv heads the heads")
     rope_dims = m.get("llama.rope.dimension_count", hidden // heads)
     if rope_dims != hidden // heads:
-        raise ValueError(f"{f.path}: llama.rope.dimension_count {rope_dims} is not the head size {hidden // heads}; partial rotary embeddings are not supported")
+        raise InputError(f"{f.path}: llama.rope.dimension_count {rope_dims} is not the head size {hidden // heads}; partial rotary embeddings are not supported")
     if m.get("llama.rope.scaling.type", "none") != "none":
-        raise ValueError(f"{f.path}: llama.rope.scaling.type {m['llama.rope.scaling.type']!r} is not supported; only plain RoPE is")
+        raise InputError(f"{f.path}: llama.rope.scaling.type {m['llama.rope.scaling.type']!r} is not supported; only plain RoPE is")
     return config
 
 
@@ -158,6 +159,7 @@ def from_gguf(f: GGUFFile, dtype: torch.dtype = torch.float32) -> tuple[dict, di
     for ours, theirs, n_head in names:
         w = f.tensor(theirs)
         state[ours] = (unpermute(w, n_head) if n_head else w).to(dtype)
+    check_values(f.path, state)  # a NaN scale in a block, or in an F32 tensor, is refused here
     return config, state
 
 
@@ -182,7 +184,7 @@ def from_hf(hf_state: Mapping[str, torch.Tensor], config, path="state dict") -> 
     if c["tie_word_embeddings"] and "lm_head.weight" in hf_state:
         head, embed = hf_state.pop("lm_head.weight"), hf_state.get("model.embed_tokens.weight")
         if embed is not None and not torch.equal(head, embed):
-            raise ValueError(f"{path}: lm_head.weight differs from model.embed_tokens.weight, but tie_word_embeddings is set")
+            raise InputError(f"{path}: lm_head.weight differs from model.embed_tokens.weight, but tie_word_embeddings is set")
     names = weight_map(c["num_layers"], c["tie_word_embeddings"], "hf")
     check_keys(hf_state, _expected(names, c), path, f"a {c['num_layers']}-layer Llama", "is this a LlamaForCausalLM checkpoint with this config?")
     return {ours: hf_state[theirs] for ours, theirs in names.items()}

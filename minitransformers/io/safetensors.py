@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import InputError
+
 DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -35,51 +37,59 @@ NAMES = {dtype: name for name, dtype in DTYPES.items()}
 MAX_HEADER = 100_000_000  # the reference implementation's limit on the JSON header, in bytes
 
 
+def unique_keys(pairs: list[tuple]) -> dict:
+    """A JSON object whose keys are all different: with a repeated tensor name json.loads would keep the last."""
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"the key {next(k for k in keys if keys.count(k) > 1)!r} is repeated")
+    return dict(pairs)
+
+
 def _read_header(path: Path, f) -> tuple[dict, dict, int]:
     """Check the framing and the JSON of an open file; return (entries, metadata, start of the data section)."""
     size = os.fstat(f.fileno()).st_size
     if size < 8:
-        raise ValueError(f"{path}: file is {size} bytes, shorter than the 8-byte header length; is it truncated?")
+        raise InputError(f"{path}: file is {size} bytes, shorter than the 8-byte header length; is it truncated?")
     (n,) = struct.unpack("<Q", f.read(8))
     if n > MAX_HEADER:
-        raise ValueError(f"{path}: header length {n} exceeds the {MAX_HEADER}-byte limit; is this a safetensors file?")
+        raise InputError(f"{path}: header length {n} exceeds the {MAX_HEADER}-byte limit; is this a safetensors file?")
     if 8 + n > size:
-        raise ValueError(f"{path}: header length {n} needs {8 + n} bytes but the file has {size}; is it truncated?")
+        raise InputError(f"{path}: header length {n} needs {8 + n} bytes but the file has {size}; is it truncated?")
     try:
-        header = json.loads(f.read(n).decode("utf-8"))
+        header = json.loads(f.read(n).decode("utf-8"), object_pairs_hook=unique_keys)
     except (ValueError, RecursionError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise ValueError(f"{path}: header is not valid UTF-8 JSON ({type(err).__name__}: {err})") from None
+        raise InputError(f"{path}: header is not valid UTF-8 JSON ({type(err).__name__}: {err})") from None
     if not isinstance(header, dict):
-        raise ValueError(f"{path}: header is a JSON {type(header).__name__}, expected an object")
+        raise InputError(f"{path}: header is a JSON {type(header).__name__}, expected an object")
     metadata = header.pop("__metadata__", {})
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise ValueError(f"{path}: __metadata__ must map strings to strings, found {metadata!r}")
+        raise InputError(f"{path}: __metadata__ must map strings to strings, found {metadata!r}")
     return header, metadata, 8 + n
 
 
 def _check_entry(path: Path, name: str, entry, data_len: int) -> tuple[torch.dtype, list[int], int, int]:
     """Check one header entry against the data section; return (dtype, shape, begin, end)."""
     if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
-        raise ValueError(f"{path}: tensor {name!r} needs dtype, shape and data_offsets, found {entry!r}")
+        raise InputError(f"{path}: tensor {name!r} needs dtype, shape and data_offsets, found {entry!r}")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
     if not isinstance(dtype, str) or dtype not in DTYPES:
-        raise ValueError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}; known: {sorted(DTYPES)}")
+        raise InputError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}; known: {sorted(DTYPES)}")
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-        raise ValueError(f"{path}: tensor {name!r} has shape {shape!r}, expected a list of non-negative ints")
+        raise InputError(f"{path}: tensor {name!r} has shape {shape!r}, expected a list of non-negative ints")
     if math.prod(max(d, 1) for d in shape) >= 2**63:  # only a zero-size tensor gets this far past the byte count
-        raise ValueError(f"{path}: tensor {name!r} has shape {shape}, too large for torch's 64-bit strides")
+        raise InputError(f"{path}: tensor {name!r} has shape {shape}, too large for torch's 64-bit strides")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int and o >= 0 for o in offsets)):
-        raise ValueError(f"{path}: tensor {name!r} has data_offsets {offsets!r}, expected [begin, end] of non-negative ints")
+        raise InputError(f"{path}: tensor {name!r} has data_offsets {offsets!r}, expected [begin, end] of non-negative ints")
     begin, end = offsets
     if begin > end:
-        raise ValueError(f"{path}: tensor {name!r} has data_offsets [{begin}, {end}], whose begin is after its end")
+        raise InputError(f"{path}: tensor {name!r} has data_offsets [{begin}, {end}], whose begin is after its end")
     if end > data_len:
-        raise ValueError(
+        raise InputError(
             f"{path}: tensor {name!r} has data_offsets [{begin}, {end}] past the data section of {data_len} bytes; is the file truncated?"
         )
     need = math.prod(shape) * DTYPES[dtype].itemsize
     if end - begin != need:
-        raise ValueError(f"{path}: tensor {name!r} has data_offsets [{begin}, {end}] but shape {shape} of {dtype} needs {need} bytes")
+        raise InputError(f"{path}: tensor {name!r} has data_offsets [{begin}, {end}] but shape {shape} of {dtype} needs {need} bytes")
     return DTYPES[dtype], shape, begin, end
 
 
@@ -89,10 +99,10 @@ def _check_tiling(path: Path, spans: dict[str, tuple], data_len: int) -> None:
     for name, (_, _, begin, end) in sorted(spans.items(), key=lambda item: item[1][2:]):
         if begin != covered:
             problem = "overlaps the previous tensor" if begin < covered else f"leaves a hole at bytes [{covered}, {begin})"
-            raise ValueError(f"{path}: tensor {name!r} at data_offsets [{begin}, {end}] {problem}")
+            raise InputError(f"{path}: tensor {name!r} at data_offsets [{begin}, {end}] {problem}")
         covered = end
     if covered != data_len:
-        raise ValueError(f"{path}: tensors cover {covered} bytes of a {data_len}-byte data section")
+        raise InputError(f"{path}: tensors cover {covered} bytes of a {data_len}-byte data section")
 
 
 def load_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -108,10 +118,10 @@ def load_file(path: str | Path) -> dict[str, torch.Tensor]:
             chunk = bytearray(end - begin)  # a fresh buffer for each tensor, read straight from the file
             f.seek(start + begin)
             if f.readinto(chunk) != len(chunk):
-                raise ValueError(f"{path}: file ended inside tensor {name!r}; did it change while being read?")
+                raise InputError(f"{path}: file ended inside tensor {name!r}; did it change while being read?")
             flat = torch.frombuffer(chunk, dtype=torch.uint8) if chunk else torch.empty(0, dtype=torch.uint8)
             if dtype is torch.bool and flat.numel() and flat.max() > 1:
-                raise ValueError(f"{path}: tensor {name!r} is BOOL but holds byte {flat.max().item()}, expected 0 or 1")
+                raise InputError(f"{path}: tensor {name!r} is BOOL but holds byte {flat.max().item()}, expected 0 or 1")
             tensors[name] = flat.view(dtype).reshape(shape)
     return tensors
 
@@ -128,13 +138,13 @@ def save_file(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict
     path = Path(path)
     strings = isinstance(metadata, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
     if metadata is not None and not strings:
-        raise ValueError(f"{path}: metadata must be a dict of strings to strings, got {metadata!r}")
+        raise InputError(f"{path}: metadata must be a dict of strings to strings, got {metadata!r}")
     for name, t in tensors.items():
         if not isinstance(name, str) or name == "__metadata__":
-            raise ValueError(f"{path}: tensor name {name!r} must be a string other than '__metadata__'")
+            raise InputError(f"{path}: tensor name {name!r} must be a string other than '__metadata__'")
         if not isinstance(t, torch.Tensor) or t.dtype not in NAMES:
             found = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
-            raise ValueError(f"{path}: {name!r} is {found}, expected a tensor of dtype {sorted(DTYPES)}")
+            raise InputError(f"{path}: {name!r} is {found}, expected a tensor of dtype {sorted(DTYPES)}")
     header: dict = {"__metadata__": metadata} if metadata else {}
     offset = 0
     for name in sorted(tensors):

@@ -60,6 +60,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError
 from . import autotuned, grouped_tile, jit, tl, triton, triton_runs_on
 
 SMALL_M = 16  # up to this many tokens, the split-K kernel
@@ -328,14 +329,14 @@ def w4a16_linear_triton(
     `pick_kernel(M)`) names the kernel, for tests and benchmarks. The GEMV and split-K kernels add into a zeroed
     fp32 buffer, then copied into `out`."""
     if not w.kernel_ready:
-        raise ValueError(f"the W4A16 kernels need K even and a whole number of power-of-two groups; got (N, K) = {w.shape}, "
+        raise InputError(f"the W4A16 kernels need K even and a whole number of power-of-two groups; got (N, K) = {w.shape}, "
                          f"group {w.group_size}: use w4a16_linear, which sends such weights to the reference")
     (N, K), lead = w.shape, x.shape[:-1]
     x2 = x.reshape(-1, K).contiguous()  # (M, K)
     M = x2.shape[0]
     kernel = kernel or pick_kernel(M)
     if (kernel == "gemv" and M != 1) or (kernel == "splitk" and M > SMALL_M):
-        raise ValueError(f"the {kernel} kernel takes M = 1 (gemv) or M ≤ {SMALL_M} (splitk) tokens, got M = {M}")
+        raise InputError(f"the {kernel} kernel takes M = 1 (gemv) or M ≤ {SMALL_M} (splitk) tokens, got M = {M}")
     flags = {"CODEBOOK": w.codebook is not None, "AFFINE": w.zero_point is not None, "DOUBLE_QUANT": w.double_quant,
              "HAS_BIAS": bias is not None}  # fmt: skip
     out = torch.empty(M, N, dtype=x.dtype, device=x.device) if out is None else out

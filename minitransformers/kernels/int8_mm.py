@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import InputError
 from . import autotuned, grouped_tile, jit, round_half_even, tl, triton, triton_runs_on
 
 EPS = torch.finfo(torch.float32).eps  # the smallest scale, as quant/uniform.py: an all-zero row gets codes 0
@@ -100,7 +101,7 @@ def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if a.dtype != torch.int8 or b.dtype != torch.int8:
         raise TypeError(f"int8_matmul multiplies int8 matrices, got {a.dtype} and {b.dtype}; quantize them first")
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
-        raise ValueError(f"int8_matmul needs a (M, K) and b (K, N), got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise InputError(f"int8_matmul needs a (M, K) and b (K, N), got {tuple(a.shape)} and {tuple(b.shape)}")
     if int_mm_supported(a, b):
         return torch._int_mm(a, b)
     return (a.double() @ b.double()).to(torch.int32)  # exact, see above

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..config import DecoderConfig
 from ..io import hf, llama
 from ..io.gguf import GGUFFile, read_gguf
@@ -91,14 +92,14 @@ class CausalLM(nn.Module):
         with the same dequantized values as the float load, from 4.5 / 5 / 8.5 bits a weight instead of 16 or 32."""
         gguf = gguf_file(path)
         if quantized and gguf is None:
-            raise ValueError(f"{path}: quantized=True keeps a GGUF file's blocks, but this is an HF folder; load it "
+            raise InputError(f"{path}: quantized=True keeps a GGUF file's blocks, but this is an HF folder; load it "
                              "with quantized=False, then quantize it with quant.quantize_model")  # fmt: skip
         if gguf is not None:
             f = read_gguf(gguf)
             hparams, state = llama.from_gguf(f, dtype)
             config = DecoderConfig(**{**hparams, **config_overrides})
         else:
-            config = DecoderConfig.from_hf(hf.read_config(path), **config_overrides)
+            config = DecoderConfig.from_hf(hf.read_config(path), Path(path) / "config.json", **config_overrides)
             state = llama.from_hf(hf.read_weights(path), config, path)
         model = cls(config).to(dtype)
         if config.tie_word_embeddings:  # one tensor under both names, as state_dict() lists it

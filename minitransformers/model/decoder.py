@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..errors import InputError
 from ..config import DecoderConfig
 from .attention import SelfAttention
 from .kv_cache import KVCache
@@ -129,16 +130,16 @@ class Decoder(nn.Module):
         S cache slots when `caches` (kv_cache.make_caches) are given with the slots `cache_position` (T,) to
         write. position_ids (B, T): the rotary positions, by default the slots."""
         if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("give exactly one of input_ids and inputs_embeds")
+            raise InputError("give exactly one of input_ids and inputs_embeds")
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
         B, T, _ = x.shape
         if cache_position is None:
             if caches is not None:
-                raise ValueError("decoding with caches needs cache_position, the slots the T new tokens take")
+                raise InputError("decoding with caches needs cache_position, the slots the T new tokens take")
             cache_position = torch.arange(T, device=x.device)  # (T,)
         keys = T if caches is None else caches[0].k.size(2)
         if caches is None and T > self.config.max_position_embeddings:
-            raise ValueError(f"sequence length {T} exceeds max_position_embeddings {self.config.max_position_embeddings}; truncate the input")
+            raise InputError(f"sequence length {T} exceeds max_position_embeddings {self.config.max_position_embeddings}; truncate the input")
         if position_ids is None:
             position_ids = cache_position[None].expand(B, T)  # (B, T)
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..errors import InputError
 from ..config import GELU_APPROXIMATION, EncoderConfig
 from ..io import hf
 from .attention import SelfAttention, padding_bias
@@ -47,7 +48,7 @@ class Embeddings(nn.Module):
         words = self.word(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
         T = words.size(1)
         if T > self.position.num_embeddings:
-            raise ValueError(f"sequence length {T} exceeds max_position_embeddings {self.position.num_embeddings}; truncate the input")
+            raise InputError(f"sequence length {T} exceeds max_position_embeddings {self.position.num_embeddings}; truncate the input")
         positions = torch.arange(T, device=words.device)  # (T,)
         x = words + self.position(positions) + self.token_type(token_type_ids)  # (B, T, H)
         return self.dropout(self.norm(x))
@@ -119,7 +120,7 @@ class Encoder(nn.Module):
         """input_ids (B, T) -> last hidden states (B, T, H). attention_mask: 1 = token, 0 = padding.
         `inputs_embeds` (B, T, H) replaces the word-embedding lookup, as in `transformers`."""
         if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("give exactly one of input_ids and inputs_embeds")
+            raise InputError("give exactly one of input_ids and inputs_embeds")
         if token_type_ids is None:
             like = input_ids if inputs_embeds is None else inputs_embeds[..., 0]  # (B, T)
             token_type_ids = torch.zeros(like.shape, dtype=torch.long, device=like.device)
@@ -146,7 +147,7 @@ class Encoder(nn.Module):
             a = layer.attention
             if attention is not None and attention != a.num_heads * a.head_dim:
                 if attention % a.head_dim:
-                    raise ValueError(f"query has {attention} rows, not a whole number of heads of size {a.head_dim}")
+                    raise InputError(f"query has {attention} rows, not a whole number of heads of size {a.head_dim}")
                 a.query, a.key, a.value, a.out = nn.Linear(H, attention), nn.Linear(H, attention), nn.Linear(H, attention), nn.Linear(attention, H)
                 a.num_heads = a.num_kv_heads = attention // a.head_dim
             if ffn is not None and ffn != layer.ffn.up.out_features:
@@ -162,8 +163,12 @@ class Encoder(nn.Module):
         hf_state = hf.read_weights(path)
         if any(k.startswith("bert.") for k in hf_state):
             hf_state = {k: v for k, v in hf_state.items() if k.startswith("bert.")}
-        model = cls(config, add_pooler=hf.has_pooler(hf_state)).resize_layers(hf.layer_widths(hf_state, config.num_layers))
-        model.load_state_dict(hf.to_ours(hf_state, config.num_layers, model.state_dict(), path))
+        hf.check_layer_count(hf_state, config.num_layers, path)
+        with torch.device("meta"):  # shapes only: the weights are checked against them before anything is allocated
+            model = cls(config, add_pooler=hf.has_pooler(hf_state)).resize_layers(hf.layer_widths(hf_state, config.num_layers))
+        state = hf.to_ours(hf_state, config.num_layers, model.state_dict(), path)
+        model = hf.materialize(model)
+        model.load_state_dict(state)
         return model
 
     def save_pretrained(self, path: str | Path) -> None:

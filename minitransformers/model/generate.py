@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import InputError
 from .kv_cache import make_caches
 
 
@@ -40,9 +41,9 @@ class GenerationConfig:
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens is {self.max_new_tokens}; generate at least 1 token")
+            raise InputError(f"max_new_tokens is {self.max_new_tokens}; generate at least 1 token")
         if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1 or self.repetition_penalty <= 0:
-            raise ValueError(f"temperature ≥ 0, top_k ≥ 0, 0 < top_p ≤ 1 and repetition_penalty > 0, got {self.temperature}, {self.top_k}, {self.top_p}, {self.repetition_penalty}")
+            raise InputError(f"temperature ≥ 0, top_k ≥ 0, 0 < top_p ≤ 1 and repetition_penalty > 0, got {self.temperature}, {self.top_k}, {self.top_p}, {self.repetition_penalty}")
 
 
 def penalise_repetition(logits: torch.Tensor, seen: torch.Tensor, real: torch.Tensor, penalty: float) -> torch.Tensor:

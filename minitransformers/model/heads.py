@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InputError
 from ..config import EncoderConfig
 from ..io import hf
 from .encoder import Encoder, Pooler
@@ -54,9 +55,9 @@ def pool(hidden, attention_mask, kind: str, pooler: Pooler | None = None) -> tor
         return mean_pool(hidden, attention_mask)
     if kind == "pooler":
         if pooler is None:
-            raise ValueError("pooling 'pooler' needs BERT's pooler weights, and this encoder has none")
+            raise InputError("pooling 'pooler' needs BERT's pooler weights, and this encoder has none")
         return pooler(hidden)
-    raise ValueError(f"unknown pooling {kind!r}; use one of {POOLING}")
+    raise InputError(f"unknown pooling {kind!r}; use one of {POOLING}")
 
 
 class SequenceClassifier(nn.Module):
@@ -71,12 +72,12 @@ class SequenceClassifier(nn.Module):
     def __init__(self, encoder: Encoder, num_labels: int, pooling: str = "pooler", dropout: float | None = None, labels: list[str] | None = None):
         super().__init__()
         if pooling not in POOLING:
-            raise ValueError(f"unknown pooling {pooling!r}; use one of {POOLING}")
+            raise InputError(f"unknown pooling {pooling!r}; use one of {POOLING}")
         if pooling == "pooler" and encoder.pooler is None:
-            raise ValueError("pooling 'pooler' needs BERT's pooler weights, and this encoder has none; use pooling 'cls' or 'mean'")
+            raise InputError("pooling 'pooler' needs BERT's pooler weights, and this encoder has none; use pooling 'cls' or 'mean'")
         labels = list(labels) if labels is not None else [f"LABEL_{i}" for i in range(num_labels)]
         if len(labels) != num_labels:
-            raise ValueError(f"{len(labels)} label names for {num_labels} labels; give one name per label")
+            raise InputError(f"{len(labels)} label names for {num_labels} labels; give one name per label")
         self.encoder, self.pooling, self.labels = encoder, pooling, labels
         if pooling != "pooler" and encoder.pooler is not None:
             encoder.pooler.requires_grad_(False)  # unused: kept only so a saved folder has HF's full layout
@@ -103,13 +104,16 @@ class SequenceClassifier(nn.Module):
     def from_pretrained(cls, path: str | Path, **config_overrides) -> SequenceClassifier:
         """Load an HF BertForSequenceClassification folder (as `save_pretrained` writes it), strictly."""
         hf_config = hf.read_config(path)
-        config = EncoderConfig.from_hf(hf_config, **config_overrides)
+        config = EncoderConfig.from_hf(hf_config, Path(path) / "config.json", **config_overrides)
         encoder_state, head = hf.split_classifier(hf.read_weights(path), path)
-        id2label = hf_config.get("id2label") or {str(i): f"LABEL_{i}" for i in range(hf_config.get("num_labels", 2))}
-        labels = [id2label[key] for key in sorted(id2label, key=int)]
-        encoder = Encoder(config, add_pooler=hf.has_pooler(encoder_state)).resize_layers(hf.layer_widths(encoder_state, config.num_layers))
-        model = cls(encoder, len(labels), hf_config.get("pooling", "pooler"), hf_config.get("classifier_dropout"), labels)
-        model.load_state_dict(hf.classifier_to_ours(encoder_state, head, config.num_layers, model.state_dict(), path))
+        labels = hf.labels_of(hf_config, path)
+        hf.check_layer_count(encoder_state, config.num_layers, path)
+        with torch.device("meta"):  # shapes only, checked against the weights before anything is allocated
+            encoder = Encoder(config, add_pooler=hf.has_pooler(encoder_state)).resize_layers(hf.layer_widths(encoder_state, config.num_layers))
+            model = cls(encoder, len(labels), hf_config.get("pooling", "pooler"), hf_config.get("classifier_dropout"), labels)
+        state = hf.classifier_to_ours(encoder_state, head, config.num_layers, model.state_dict(), path)
+        model = hf.materialize(model)
+        model.load_state_dict(state)
         return model
 
     def save_pretrained(self, path: str | Path) -> None:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import InputError
+
 
 class KVCache(nn.Module):
     """One layer's keys and values: `k`, `v` (B, nkv, S, hd), written in place at the given slots."""
@@ -39,5 +41,5 @@ class KVCache(nn.Module):
 def make_caches(config, batch: int, max_length: int, dtype: torch.dtype, device=None) -> nn.ModuleList:
     """One KVCache per layer of a decoder with `config` (a DecoderConfig), for `batch` rows of `max_length` slots."""
     if max_length > config.max_position_embeddings:
-        raise ValueError(f"a cache of {max_length} slots is longer than the model's {config.max_position_embeddings} positions; generate fewer tokens")
+        raise InputError(f"a cache of {max_length} slots is longer than the model's {config.max_position_embeddings} positions; generate fewer tokens")
     return nn.ModuleList(KVCache(batch, config.num_kv_heads, max_length, config.head_dim, dtype, device) for _ in range(config.num_layers))

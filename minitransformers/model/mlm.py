@@ -96,8 +96,12 @@ class MaskedLM(nn.Module):
         """Load an HF BertForMaskedLM folder (as `save_pretrained` writes it), strictly."""
         config = EncoderConfig.from_json(Path(path) / "config.json", **config_overrides)
         hf_state = hf.read_weights(path)
-        model = cls(Encoder(config, add_pooler=hf.has_pooler(hf_state)))
-        model.load_state_dict(hf.mlm_to_ours(hf_state, config.num_layers, model.state_dict(), path))
+        hf.check_layer_count(hf_state, config.num_layers, path)
+        with torch.device("meta"):  # shapes only, checked against the weights before anything is allocated
+            model = cls(Encoder(config, add_pooler=hf.has_pooler(hf_state)))
+        state = hf.mlm_to_ours(hf_state, config.num_layers, model.state_dict(), path)
+        model = hf.materialize(model)
+        model.load_state_dict(state)
         return model
 
     def save_pretrained(self, path: str | Path) -> None:

@@ -66,6 +66,7 @@ from functools import partial
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import InputError
 from ..model.decoder import DecoderLayer, RMSNorm
 from ..model.encoder import EncoderLayer
 from .common import PEFTModule, attach, head_names, in_head, base_requires_grad, detach, mark_only_trainable, refuse_stacking
@@ -170,22 +171,22 @@ def add_adapters(
     Returns the model.
     """
     if kind not in KINDS:
-        raise ValueError(f"unknown adapter kind {kind!r}; use 'houlsby' (two adapters per layer) or 'pfeiffer' (one, after the FFN)")
+        raise InputError(f"unknown adapter kind {kind!r}; use 'houlsby' (two adapters per layer) or 'pfeiffer' (one, after the FFN)")
     default_non_linearity, default_train_layernorm = KINDS[kind]
     non_linearity = default_non_linearity if non_linearity is None else non_linearity
     train_layernorm = default_train_layernorm if train_layernorm is None else train_layernorm
     if non_linearity not in NON_LINEARITIES:
-        raise ValueError(f"unknown non_linearity {non_linearity!r}; use one of {sorted(NON_LINEARITIES)}")
+        raise InputError(f"unknown non_linearity {non_linearity!r}; use one of {sorted(NON_LINEARITIES)}")
     refuse_stacking(model, "adapters")
     layers = [m for m in model.modules() if isinstance(m, (EncoderLayer, DecoderLayer))]
     if not layers:
-        raise ValueError(f"{type(model).__name__} has no EncoderLayer or DecoderLayer; add_adapters patches a minitransformers Encoder or Decoder")
+        raise InputError(f"{type(model).__name__} has no EncoderLayer or DecoderLayer; add_adapters patches a minitransformers Encoder or Decoder")
     if kind == "pfeiffer" and isinstance(layers[0], DecoderLayer):
-        raise ValueError(f"{type(model).__name__} has pre-norm DecoderLayers (RMSNorm before each block): pfeiffer adapters re-apply the "
+        raise InputError(f"{type(model).__name__} has pre-norm DecoderLayers (RMSNorm before each block): pfeiffer adapters re-apply the "
                          "LayerNorm after the FFN's residual add, which these layers do not have; use kind='houlsby'")
     H = layers[0].ffn.down.out_features
     if reduction_factor <= 0 or H // reduction_factor < 1:
-        raise ValueError(
+        raise InputError(
             f"reduction_factor {reduction_factor} leaves no bottleneck for hidden size {H} "
             f"(hidden_size // reduction_factor must be at least 1); use a reduction_factor between 1 and {H}"
         )

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..errors import InputError
 from .common import attach, base_requires_grad, detach, head_names, in_head, mark_only_trainable, refuse_stacking
 
 
@@ -39,7 +40,7 @@ def add_bitfit(model: nn.Module) -> nn.Module:
 
     frozen = base_requires_grad(model)
     if not any(trainable(n) for n, _ in model.named_parameters()):
-        raise ValueError(f"{type(model).__name__} has no bias terms and no modules to save, so BitFit would train nothing "
+        raise InputError(f"{type(model).__name__} has no bias terms and no modules to save, so BitFit would train nothing "
                          "(Llama-family layers have no biases); use lora, qlora or prompt tuning")
     attach(model, "bitfit", frozen, in_place={n: p for n, p in model.named_parameters() if n.endswith("bias") and trainable(n) and not in_head(n, head)})
     return mark_only_trainable(model, trainable, train_head=False)

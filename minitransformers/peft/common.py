@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..quant.layer import QuantizedLinear
 
 
@@ -140,7 +141,7 @@ def refuse_stacking(model: nn.Module, method: str) -> None:
     fix = f"call remove_{found}(model) first" if found else "remove those modules first"
     if found == "lora":
         fix += ", or merge_lora(model) to keep LoRA's update in the weights"
-    raise ValueError(f"cannot add {method}: expected a base model without a parameter-efficient method, found {what}; "
+    raise InputError(f"cannot add {method}: expected a base model without a parameter-efficient method, found {what}; "
                      f"methods do not stack. Start from a fresh base model, or {fix}")
 
 
@@ -191,7 +192,7 @@ def detach(model: nn.Module, method: str) -> nn.Module:
     """The last step of every remove_X: check the method, put back the pretrained values of what it trained in
     place and the base's requires_grad flags, and forget it."""
     if attached(model) != method:
-        raise ValueError(f"remove_{method}: expected a model prepared with {method}, found {attached(model) or 'none'}")
+        raise InputError(f"remove_{method}: expected a model prepared with {method}, found {attached(model) or 'none'}")
     if hasattr(model, "peft_trained_in_place"):
         model.peft_trained_in_place.enabled = False
         del model.peft_trained_in_place

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InputError
 from .common import PEFTModule, adaptable_linears, attach, base_requires_grad, detach, mark_only_trainable, refuse_stacking
 
 
@@ -61,7 +62,7 @@ class LoRALinear(PEFTModule, nn.Module):
     def __init__(self, base: nn.Linear, r: int = 8, alpha: float = 16, dropout: float = 0.0):
         super().__init__()
         if r < 1:
-            raise ValueError(f"LoRA rank r must be a positive integer, got {r}")
+            raise InputError(f"LoRA rank r must be a positive integer, got {r}")
         self.base, self.r, self.alpha = base, r, alpha
         self.scaling = alpha / r
         self.dropout = nn.Dropout(dropout)
@@ -122,7 +123,7 @@ def wrap_linears(model: nn.Module, r: int, alpha: float, dropout: float, targets
     chosen = [n for n in adaptable_linears(model) if matches(n, targets)]
     if not chosen:
         linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-        raise ValueError(f"no nn.Linear module name ends with one of the targets {targets} (modules to save and tied weights excepted); the Linear modules are {linear[:8]}…")
+        raise InputError(f"no nn.Linear module name ends with one of the targets {targets} (modules to save and tied weights excepted); the Linear modules are {linear[:8]}…")
     for name in chosen:
         model.set_submodule(name, LoRALinear(model.get_submodule(name), r, alpha, dropout))
     return chosen

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from torch import nn
 
+from ..errors import InputError
+from ..io import hf, manifest
 from ..io.safetensors import load_file, save_file
 from ..model import SequenceClassifier
 from ..text.tokenizer import Tokenizer
@@ -63,11 +65,11 @@ REMOVE = {"lora": remove_lora, "qlora": remove_qlora, "adapters": remove_adapter
 def method_config(method: str, options=None):
     """The options of `method` as its dataclass: from a dict (adapter.json's) or a dataclass, or its defaults."""
     if method not in METHOD_TABLE:
-        raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+        raise InputError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     cls = METHOD_CONFIGS[method]
     if cls is None:
         if options:
-            raise ValueError(f"method {method!r} takes no options, got {options}")
+            raise InputError(f"method {method!r} takes no options, got {options}")
         return None
     if options is None:
         return cls()
@@ -86,7 +88,7 @@ def remove_method(model: nn.Module) -> nn.Module:
     """Whatever method prepared the model, removed: the base model back (each remove_X says how exactly)."""
     method = attached(model)
     if method not in REMOVE:
-        raise ValueError(f"{type(model).__name__} carries no removable parameter-efficient method (found {method or 'none'})")
+        raise InputError(f"{type(model).__name__} carries no removable parameter-efficient method (found {method or 'none'})")
     return REMOVE[method](model)
 
 
@@ -116,16 +118,52 @@ def load_classifier(path: str | Path, base: str | Path | None = None) -> Sequenc
     path = Path(path)
     if not (path / CONFIG_FILE).is_file():
         if base is not None:
-            raise ValueError(f"{path}: holds a whole model, not an adapter ({CONFIG_FILE}); --base applies to adapter folders only")
+            raise InputError(f"{path}: holds a whole model, not an adapter ({CONFIG_FILE}); --base applies to adapter folders only")
         return SequenceClassifier.from_pretrained(path)
-    config = json.loads((path / CONFIG_FILE).read_text())
+    trained_over = manifest.verify(path, CONFIG_FILE, WEIGHTS_FILE).get("model_sha256")
+    config = read_adapter_config(path / CONFIG_FILE)
     base = Path(config["base_model"] if base is None else base)
     if not base.is_dir():
         raise FileNotFoundError(f"{path / CONFIG_FILE}: its base model {base} is missing (from {Path.cwd()}); the adapter needs the model it was trained on: pass --base FOLDER")
+    if trained_over and manifest.fingerprint(base) != trained_over:
+        raise InputError(f"{path}: trained over a base whose weights have sha256 {trained_over[:12]}…, but {base} has {manifest.fingerprint(base)[:12]}…; "
+                         "an adapter only fits the model it was trained on: pass that one with --base")  # fmt: skip
     model = SequenceClassifier.from_encoder(base, len(config["labels"]), config["pooling"], labels=config["labels"])
     model.dropout.p = config["classifier_dropout"]
     options = config["options"]
     if config["method"] == "prompt":
         options = {**options, "init": "random"}  # any start will do: the saved prompt replaces it
-    apply_method(model, config["method"], options)
-    return load_trainable_state_dict(model, load_file(path / WEIGHTS_FILE))
+    try:
+        apply_method(model, config["method"], options)
+    except (TypeError, ValueError, KeyError, AttributeError) as err:  # an option of the wrong type or range
+        raise InputError(f"{path / CONFIG_FILE}: options {options} do not build {config['method']} ({type(err).__name__}: {err})") from None
+    tensors = load_file(path / WEIGHTS_FILE)
+    hf.check_values(path / WEIGHTS_FILE, tensors)
+    try:
+        return load_trainable_state_dict(model, tensors)
+    except (KeyError, RuntimeError) as err:  # names missing from, or not trained by, this method; or mis-shaped
+        raise InputError(f"{path / WEIGHTS_FILE}: does not fit {config['method']} over {base} ({' '.join(str(err).split())[:300]})") from None
+
+
+def read_adapter_config(path: Path) -> dict:
+    """adapter.json, checked: a known method other than full, options that are its dataclass's fields, the base
+    folder as a string, the labels as a list of names, a known pooling and a dropout in [0, 1)."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: not valid JSON ({err})") from None
+    kinds = {"method": str, "options": dict, "base_model": str, "labels": list, "pooling": str, "classifier_dropout": (int, float)}
+    if not isinstance(config, dict) or any(not isinstance(config.get(k), kind) for k, kind in kinds.items()):
+        found = {k: type(config.get(k)).__name__ for k in kinds} if isinstance(config, dict) else type(config).__name__
+        raise InputError(f"{path}: expected an object with method, options, base_model, labels, pooling and classifier_dropout; found {found}")
+    if config["method"] not in METHODS or config["method"] == "full":
+        raise InputError(f"{path}: method {config['method']!r} is not an adapter method; one of {', '.join(m for m in METHODS if m != 'full')}")
+    if not config["labels"] or not all(isinstance(name, str) for name in config["labels"]):
+        raise InputError(f"{path}: labels {config['labels']!r} should be a non-empty list of names")
+    if config["pooling"] not in ("pooler", "cls", "mean") or not 0 <= config["classifier_dropout"] < 1:
+        raise InputError(f"{path}: pooling {config['pooling']!r} / classifier_dropout {config['classifier_dropout']!r}: expected pooler, cls or mean and a dropout in [0, 1)")
+    cls = METHOD_CONFIGS[config["method"]]
+    allowed = {f.name for f in fields(cls)} if cls else set()
+    if set(config["options"]) - allowed:
+        raise InputError(f"{path}: options {sorted(set(config['options']) - allowed)} are not {config['method']}'s; it takes {sorted(allowed)}")
+    return config

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from torch import nn
 
+from ..errors import InputError
 from ..io import hf
 from ..io.safetensors import load_file, save_file
 from .common import head_names, in_head, load_trainable_state_dict, mark_only_trainable
@@ -96,10 +97,10 @@ def save_peft(model: nn.Module, path: str | Path, base_model_name_or_path: str |
     `PeftModel.from_pretrained(BertForSequenceClassification.from_pretrained(base), path)` loads the adapter."""
     layers = lora_layers(model)
     if not layers:
-        raise ValueError("the model has no LoRA layers to save; call add_lora(model) first")
+        raise InputError("the model has no LoRA layers to save; call add_lora(model) first")
     (r, alpha, dropout), *rest = {(m.r, m.alpha, m.dropout.p) for m in layers.values()}
     if rest:
-        raise ValueError(f"peft's format holds one r, alpha and dropout for all layers, found {sorted([(r, alpha, dropout), *rest])}")
+        raise InputError(f"peft's format holds one r, alpha and dropout for all layers, found {sorted([(r, alpha, dropout), *rest])}")
     names = hf_module_names(model)
     linear = [names[n] for n, m in model.named_modules() if isinstance(m, (nn.Linear, LoRALinear)) and n in names]
     pooler_trains = "encoder.pooler" in head_names(model) and any(p.requires_grad for p in model.encoder.pooler.parameters())
@@ -128,16 +129,16 @@ def read_config(path: Path) -> dict:
     try:
         config = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{file}: cannot read it as JSON ({err})") from err
+        raise InputError(f"{file}: cannot read it as JSON ({err})") from err
     if config.get("peft_type") != "LORA":
-        raise ValueError(f"{file}: peft_type {config.get('peft_type')!r} is not supported; load_peft reads LoRA adapters ('LORA')")
+        raise InputError(f"{file}: peft_type {config.get('peft_type')!r} is not supported; load_peft reads LoRA adapters ('LORA')")
     if config.get("task_type") != "SEQ_CLS":
-        raise ValueError(f"{file}: task_type {config.get('task_type')!r}; load_peft reads adapters of sequence classifiers, 'SEQ_CLS'")
+        raise InputError(f"{file}: task_type {config.get('task_type')!r}; load_peft reads adapters of sequence classifiers, 'SEQ_CLS'")
     if changed := {k: config[k] for k in UNSUPPORTED if k in config and config[k] != PEFT_CONFIG[k]}:
         defaults = {k: PEFT_CONFIG[k] for k in changed}
-        raise ValueError(f"{file}: options {changed} are not supported; lora.py implements plain LoRA, with {defaults}")
+        raise InputError(f"{file}: options {changed} are not supported; lora.py implements plain LoRA, with {defaults}")
     if not isinstance(config.get("target_modules"), (str, list)):
-        raise ValueError(f"{file}: target_modules {config.get('target_modules')!r}, expected a list of names or a regex string")
+        raise InputError(f"{file}: target_modules {config.get('target_modules')!r}, expected a list of names or a regex string")
     return config
 
 
@@ -153,7 +154,7 @@ def load_peft(model: nn.Module, path: str | Path) -> nn.Module:
     linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n in names]
     chosen = [n for n in linear if pick(names[n]) and not in_head(n, head_names(model))]
     if not chosen:
-        raise ValueError(f"{path / CONFIG_FILE}: target_modules {targets!r} match no Linear module of this model; its names "
+        raise InputError(f"{path / CONFIG_FILE}: target_modules {targets!r} match no Linear module of this model; its names "
                          f"as peft sees them: {[names[n] for n in linear][:6]}…")  # fmt: skip
     add_lora(model, config["r"], config["lora_alpha"], config.get("lora_dropout", 0.0), targets=chosen)
     head = tuple(n for n in head_names(model) if matches(names[n], config.get("modules_to_save") or []))

@@ -60,6 +60,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..model.attention import SelfAttention
 from ..model.decoder import Decoder
 from ..model.encoder import Encoder
@@ -126,12 +127,12 @@ class PromptTunedEncoder(PEFTModule, Encoder):
     def forward_with_prompt(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None) -> torch.Tensor:
         """-> the states of the prompt and the input (B, n + T, H)."""
         if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("give exactly one of input_ids and inputs_embeds")
+            raise InputError("give exactly one of input_ids and inputs_embeds")
         words = self.embeddings.word(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
         (B, T, _), n = words.shape, self.num_virtual_tokens
         limit = self.config.max_position_embeddings
         if n + T > limit:
-            raise ValueError(f"{n} virtual tokens + {T} input tokens = {n + T} positions, more than max_position_embeddings {limit}; truncate the input to {limit - n} tokens or use fewer virtual tokens")
+            raise InputError(f"{n} virtual tokens + {T} input tokens = {n + T} positions, more than max_position_embeddings {limit}; truncate the input to {limit - n} tokens or use fewer virtual tokens")
         embeds = torch.cat([self.prompt.to(words.dtype).expand(B, n, -1), words], dim=1)  # (B, n + T, H)
         if attention_mask is not None:
             attention_mask = torch.cat([attention_mask.new_ones(B, n), attention_mask], dim=1)  # (B, n + T)
@@ -157,9 +158,9 @@ class PromptTunedDecoder(PEFTModule, Decoder):
         if not self.enabled:
             return super().forward(input_ids, attention_mask, position_ids, caches, cache_position, inputs_embeds)
         if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("give exactly one of input_ids and inputs_embeds")
+            raise InputError("give exactly one of input_ids and inputs_embeds")
         if caches is not None and cache_position is None:
-            raise ValueError("decoding with caches needs cache_position, the slots the T new tokens take")
+            raise InputError("decoding with caches needs cache_position, the slots the T new tokens take")
         words = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
         (B, T, _), n = words.shape, self.num_virtual_tokens
         if attention_mask is not None:
@@ -170,7 +171,7 @@ class PromptTunedDecoder(PEFTModule, Decoder):
             return super().forward(None, attention_mask, position_ids, caches, cache_position + n, words)
         S, limit = T if caches is None else caches[0].k.size(2), self.config.max_position_embeddings
         if n + S > limit:
-            raise ValueError(f"{n} virtual tokens + {S} tokens = {n + S} positions, more than max_position_embeddings {limit}; use at most {limit - n} tokens (input and new ones) or fewer virtual tokens")
+            raise InputError(f"{n} virtual tokens + {S} tokens = {n + S} positions, more than max_position_embeddings {limit}; use at most {limit - n} tokens (input and new ones) or fewer virtual tokens")
         first = torch.arange(n, device=words.device)  # (n,): the prompt's positions and slots
         if position_ids is not None:
             position_ids = torch.cat([first.expand(B, n), position_ids], dim=1)  # (B, n + T)
@@ -194,13 +195,13 @@ def init_prompt(word_embeddings: nn.Embedding, num_virtual_tokens: int, init: st
         ids = torch.randint(0, V, (n,))
     elif init == "text":
         if init_text is None or tokenizer is None:
-            raise ValueError("init 'text' needs init_text and the tokenizer of the model")
+            raise InputError("init 'text' needs init_text and the tokenizer of the model")
         # As peft: the text with the special tokens the tokenizer adds ([CLS] … [SEP]; none for SmolLM2's), repeated
         # until n ids, then cut to n.
         text_ids = tokenizer([init_text])["input_ids"][0].tolist()
         ids = torch.tensor((text_ids * -(-n // len(text_ids)))[:n])
     else:
-        raise ValueError(f"unknown prompt init {init!r}; use one of {PROMPT_INITS}")
+        raise InputError(f"unknown prompt init {init!r}; use one of {PROMPT_INITS}")
     return word_embeddings.weight[ids.to(word_embeddings.weight.device)].detach().float().clone()  # (n, H)
 
 
@@ -218,7 +219,7 @@ def add_prompt_tuning(model: nn.Module, num_virtual_tokens: int = 20, init: str 
     token whatever the method, so methods compare like for like. A causal LM reads the real tokens' logits.
     """
     if num_virtual_tokens < 1:
-        raise ValueError(f"num_virtual_tokens is {num_virtual_tokens}; use at least 1")
+        raise InputError(f"num_virtual_tokens is {num_virtual_tokens}; use at least 1")
     base = _base_of(model)
     refuse_stacking(model, "prompt_tuning")
     frozen = base_requires_grad(model)
@@ -318,9 +319,9 @@ def add_prefix_tuning(model: nn.Module, num_virtual_tokens: int = 20, reparamete
     P ~ N(0, 1).
     """
     if num_virtual_tokens < 1:
-        raise ValueError(f"num_virtual_tokens is {num_virtual_tokens}; use at least 1")
+        raise InputError(f"num_virtual_tokens is {num_virtual_tokens}; use at least 1")
     if projection_dim is not None and not reparameterize:
-        raise ValueError("projection_dim sizes the reparameterisation MLP; pass reparameterize=True or drop projection_dim")
+        raise InputError("projection_dim sizes the reparameterisation MLP; pass reparameterize=True or drop projection_dim")
     base = _base_of(model)
     refuse_stacking(model, "prefix_tuning")
     frozen = base_requires_grad(model)
@@ -354,7 +355,7 @@ def merge_prefix(model: nn.Module) -> nn.Module:
     (trainable, the layout of `add_prefix_tuning(reparameterize=False)`). Outputs are unchanged."""
     base = _base_of(model)
     if not isinstance(getattr(base, "prefix", None), PrefixMLP):
-        raise ValueError("this model has no prefix MLP to merge; was it prepared with add_prefix_tuning(reparameterize=True)?")
+        raise InputError("this model has no prefix MLP to merge; was it prepared with add_prefix_tuning(reparameterize=True)?")
     with torch.no_grad():
         base.prefix = PrefixTable(base.prefix().contiguous())  # (L, 2, n, Hkv), a copy: the MLP output is permuted
     for attention in _prefix_attentions(base):

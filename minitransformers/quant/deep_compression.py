@@ -35,6 +35,7 @@ import heapq
 import torch
 from torch import nn
 
+from ..errors import InputError
 from .kmeans import ClusteredLinear
 from .prune import SKIP, skipped
 from .qlinear import WeightOnlyLinear
@@ -44,7 +45,7 @@ def relative_index(codes: torch.Tensor, index_bits: int) -> tuple[torch.Tensor, 
     """Section 2's stream of a clustered sparse weight: the code and the gap (1 … 2^r) of every stored entry,
     fillers included. codes: the weight's codes, 0 where the weight is 0. -> (stored codes (E,), gaps (E,))"""
     if not 1 <= index_bits <= 16:
-        raise ValueError(f"index_bits must be from 1 to 16 (the paper uses 5 for fully connected layers), got {index_bits}")
+        raise InputError(f"index_bits must be from 1 to 16 (the paper uses 5 for fully connected layers), got {index_bits}")
     flat = codes.flatten().long()  # (n,)
     position = flat.nonzero().squeeze(1)  # (nnz,)
     gaps = position.diff(prepend=position.new_tensor([-1]))  # (nnz,): each ≥ 1, from the position before the first
@@ -92,7 +93,7 @@ def compression_report(model: nn.Module, index_bits: int = 5) -> dict:
     """`layer_storage` of every ClusteredLinear and their totals, with each stage's compression ratio."""
     layers = {name: layer_storage(m, index_bits) for name, m in model.named_modules() if isinstance(m, ClusteredLinear)}
     if not layers:
-        raise ValueError("the model has no ClusteredLinear layers; run cluster_model on it first")
+        raise InputError("the model has no ClusteredLinear layers; run cluster_model on it first")
     total = {key: sum(row[key] for row in layers.values()) for key in next(iter(layers.values()))}
     ratios = {stage: total["dense"] / total[stage] for stage in ("pruned", "quantized", "huffman")}
     return {"index_bits": index_bits, "layers": layers, "total": total, "ratio": ratios, "density": total["nonzero"] / total["weights"]}

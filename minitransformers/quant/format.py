@@ -28,6 +28,8 @@ from typing import ClassVar
 
 import torch
 
+from ..errors import InputError
+
 
 class QuantizedWeight:
     """A weight in compact form. Subclasses are dataclasses holding their tensors; they give `shape` and
@@ -80,7 +82,7 @@ def register(cls: type[QuantizedWeight]) -> type[QuantizedWeight]:
     """Class decorator: FORMATS[cls.format] = cls."""
     if cls.format in FORMATS:
         taken = FORMATS[cls.format].__name__
-        raise ValueError(f"a quantized-weight format named {cls.format!r} is already registered ({taken}); pick another name")
+        raise InputError(f"a quantized-weight format named {cls.format!r} is already registered ({taken}); pick another name")
     FORMATS[cls.format] = cls
     return cls
 
@@ -89,7 +91,7 @@ def format_of(layout: dict) -> type[QuantizedWeight]:
     """The registered class of a layout's "format"."""
     name = layout.get("format")
     if name not in FORMATS:
-        raise ValueError(f"unknown quantized-weight format {name!r} in layout {layout}; registered: {sorted(FORMATS)}")
+        raise InputError(f"unknown quantized-weight format {name!r} in layout {layout}; registered: {sorted(FORMATS)}")
     return FORMATS[name]
 
 
@@ -101,5 +103,5 @@ def cast(w: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
 def check_stored_bits(bits: int) -> None:
     """Formats that store b-bit codes in whole nibbles or bytes take 4 or 8 bits only."""
     if bits not in (4, 8):
-        raise ValueError(f"WeightOnlyLinear stores 4-bit codes two per byte and 8-bit codes one per byte, got bits={bits} "
+        raise InputError(f"WeightOnlyLinear stores 4-bit codes two per byte and 8-bit codes one per byte, got bits={bits} "
                          "(whole bytes would overstate its size's report); quantize to 4 or 8 bits")

@@ -36,6 +36,7 @@ from typing import ClassVar
 
 import torch
 
+from ..errors import InputError
 from ..io.ggml_blocks import BLOCK_TYPES, dequantize
 from .format import QuantizedWeight, cast, register
 
@@ -53,10 +54,10 @@ class GGMLQuantized(QuantizedWeight):
 
     def __post_init__(self):
         if self.type not in TYPES:
-            raise ValueError(f"ggml type {self.type!r} is not a block format kept quantized; expected one of {TYPES} (F32 / F16 / BF16 load as floats)")
+            raise InputError(f"ggml type {self.type!r} is not a block format kept quantized; expected one of {TYPES} (F32 / F16 / BF16 load as floats)")
         nbytes = BLOCK_TYPES[self.type].nbytes
         if self.blocks.dtype != torch.uint8 or self.blocks.dim() != 2 or self.blocks.shape[1] % nbytes:
-            raise ValueError(f"{self.type} blocks must be uint8 (rows, whole {nbytes}-byte blocks per row), got "
+            raise InputError(f"{self.type} blocks must be uint8 (rows, whole {nbytes}-byte blocks per row), got "
                              f"{self.blocks.dtype} {tuple(self.blocks.shape)}; pass GGUFFile.raw(name) of a 2-D weight")  # fmt: skip
 
     @property
@@ -84,7 +85,7 @@ class GGMLQuantized(QuantizedWeight):
     def from_storage(cls, layout: dict, tensors: dict[str, torch.Tensor]) -> GGMLQuantized:
         q = cls(tensors["blocks"], layout["type"])
         if list(q.shape) != list(layout["shape"]):
-            raise ValueError(f"{layout['type']} blocks {tuple(q.blocks.shape)} hold a weight {tuple(q.shape)}, but the layout says {layout['shape']}")
+            raise InputError(f"{layout['type']} blocks {tuple(q.blocks.shape)} hold a weight {tuple(q.shape)}, but the layout says {layout['shape']}")
         return q
 
     @staticmethod

@@ -58,6 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InputError
 from .format import QuantizedWeight, cast, check_stored_bits, register
 from .pack import pack_int4, unpack_int4
 
@@ -137,7 +138,7 @@ def kmeans_quantize(
     per layer only): zeros get code 0 and codebook[0] = 0; the nonzero values share 2^bits − 1 centroids."""
     check_options(w, bits, per_channel, init)
     if keep_zero and per_channel:
-        raise ValueError("keep_zero clusters the nonzeros of the whole layer into one codebook; use per_channel=False with it")
+        raise InputError("keep_zero clusters the nonzeros of the whole layer into one codebook; use per_channel=False with it")
     if keep_zero:
         return kmeans_keep_zero(w, bits, init, max_iter, tol, seed)
     rows = w.shape[0] if per_channel else 1
@@ -150,11 +151,11 @@ def kmeans_quantize(
 def kmeans_keep_zero(w: torch.Tensor, bits: int, init: str, max_iter: int, tol: float, seed: int) -> KMeansQuantized:
     """Deep Compression's clustering of a pruned weight: the nonzeros into 2^bits − 1 centroids, zeros to code 0."""
     if bits < 2:
-        raise ValueError(f"keep_zero reserves one of the 2^bits codes for 0, so it needs bits ≥ 2, got {bits}")
+        raise InputError(f"keep_zero reserves one of the 2^bits codes for 0, so it needs bits ≥ 2, got {bits}")
     nonzero = w.detach().float().reshape(1, -1)  # (1, n)
     nonzero = nonzero[nonzero != 0].reshape(1, -1)  # (1, nnz)
     if nonzero.numel() == 0:
-        raise ValueError(f"keep_zero: the weight of shape {tuple(w.shape)} is all zeros; there is nothing to cluster")
+        raise InputError(f"keep_zero: the weight of shape {tuple(w.shape)} is all zeros; there is nothing to cluster")
     centroids = kmeans_1d(nonzero, 2**bits - 1, init, max_iter, tol, seed)[0]  # (2^b − 1,), ascending
     codes = torch.where(w != 0, assign(w.detach().float().reshape(1, -1), centroids[None]).view(w.shape) + 1, 0)
     return KMeansQuantized(codes.to(torch.uint8), F.pad(centroids, (1, 0)), bits)  # codebook[0] = 0
@@ -162,17 +163,17 @@ def kmeans_keep_zero(w: torch.Tensor, bits: int, init: str, max_iter: int, tol: 
 
 def check_options(w: torch.Tensor, bits: int, per_channel: bool, init: str) -> None:
     if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
-        raise ValueError(
+        raise InputError(
             f"bits must be an integer from 1 to 8 (codes are uint8: at most 256 centroids), got {bits!r}; pass bits in 1..8"
         )
     if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        raise InputError(f"init must be one of {INITS}, got {init!r}")
     if w.numel() == 0:
-        raise ValueError(f"cannot cluster an empty weight of shape {tuple(w.shape)}")
+        raise InputError(f"cannot cluster an empty weight of shape {tuple(w.shape)}")
     if per_channel and w.dim() < 2:
-        raise ValueError(f"per_channel=True needs a weight with rows (out, ...), got shape {tuple(w.shape)}; use per_channel=False")
+        raise InputError(f"per_channel=True needs a weight with rows (out, ...), got shape {tuple(w.shape)}; use per_channel=False")
     if not torch.isfinite(w).all():
-        raise ValueError("the weight holds NaN or inf, which k-means cannot place; fix or mask them before clustering")
+        raise InputError("the weight holds NaN or inf, which k-means cannot place; fix or mask them before clustering")
 
 
 def kmeans_1d(x: torch.Tensor, k: int, init: str, max_iter: int, tol: float, seed: int) -> torch.Tensor:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import InputError
+
 
 def nbytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
@@ -22,7 +24,7 @@ class QuantizedLinear(nn.Module):
         bias = tensors.pop("bias", None)
         expected = set(self.stored_names(layout))
         if set(tensors) != expected:
-            raise ValueError(
+            raise InputError(
                 f"{type(self).__name__} with layout {layout} stores {sorted(expected)}, got {sorted(tensors)}; "
                 "make the layer with from_linear, or load it with load_quantized"
             )

@@ -48,6 +48,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError
 from ..kernels.int4_mm import Packed4Bit
 from .format import QuantizedWeight, cast, register
 from .pack import pack_int4, unpack_int4
@@ -104,7 +105,7 @@ def log2_codebook(bits: int = 4) -> torch.Tensor:
     as in every codebook here, has the smaller absolute error.
     """
     if not 2 <= bits <= 4:
-        raise ValueError(f"log2 codes are packed as 4-bit codes, so bits must be 2, 3 or 4 (1 sign + 1 to 3 exponent bits), got {bits}")
+        raise InputError(f"log2 codes are packed as 4-bit codes, so bits must be 2, 3 or 4 (1 sign + 1 to 3 exponent bits), got {bits}")
     exponents = 2 ** (bits - 1) - 1  # codes per sign that hold a power of two; one more holds 0
     magnitudes = torch.tensor([2.0**-e for e in range(exponents)] + [0.0])  # (2^(bits-1),)
     return torch.cat([magnitudes, -magnitudes])  # (2^bits,): sign in the top bit
@@ -291,15 +292,15 @@ def quantize_blockwise(w: torch.Tensor, codebook: torch.Tensor, block_size: int 
     if not w.is_floating_point():
         raise TypeError(f"quantize a floating-point weight, got dtype {w.dtype}")
     if w.numel() == 0:
-        raise ValueError(f"cannot quantize an empty tensor (shape {tuple(w.shape)})")
+        raise InputError(f"cannot quantize an empty tensor (shape {tuple(w.shape)})")
     if codebook.numel() > 16:
-        raise ValueError(f"4-bit codes address at most 16 codebook entries, got {codebook.numel()}")
+        raise InputError(f"4-bit codes address at most 16 codebook entries, got {codebook.numel()}")
     if block_size < 2 or block_size % 2:
-        raise ValueError(f"block_size must be a positive even number (a byte holds two codes), got {block_size}; QLoRA uses 64")
+        raise InputError(f"block_size must be a positive even number (a byte holds two codes), got {block_size}; QLoRA uses 64")
     blocks, absmax = to_blocks(w.detach().reshape(-1).float(), block_size)  # (n_blocks, B), (n_blocks,)
     if not torch.isfinite(absmax).all():
         bad = (~torch.isfinite(absmax)).nonzero()[0].item()
-        raise ValueError(f"block {bad} (elements {bad * block_size}…) holds inf or nan; only finite weights can be quantized")
+        raise InputError(f"block {bad} (elements {bad * block_size}…) holds inf or nan; only finite weights can be quantized")
     codebook = codebook.to(w.device)
     codes = quantize_codebook(normalise(blocks, absmax), codebook).flatten()  # (n_blocks · B,)
     codes = codes[: w.numel() + w.numel() % 2]  # an odd numel keeps one padding code, the code of 0.0, as bnb does

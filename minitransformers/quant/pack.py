@@ -21,17 +21,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError
+
 
 def pack_int4(codes: torch.Tensor) -> torch.Tensor:
     """(…, n) integer codes in [0, 15] -> (…, ceil(n / 2)) uint8, element 2i in the high nibble of byte i."""
     if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
         raise TypeError(f"pack_int4 takes integer codes (uint8 in [0, 15]), got dtype {codes.dtype}; round and cast them first")
     if codes.dim() == 0:
-        raise ValueError("pack_int4 packs along the last dimension; got a 0-d tensor, give it at least one dimension")
+        raise InputError("pack_int4 packs along the last dimension; got a 0-d tensor, give it at least one dimension")
     bad = ((codes < 0) | (codes > 15)).nonzero()  # (k, dims): indices of the out-of-range codes
     if len(bad):
         index = tuple(bad[0].tolist())
-        raise ValueError(f"pack_int4 takes 4-bit codes in [0, 15], found {codes[index].item()} at index {index}; "
+        raise InputError(f"pack_int4 takes 4-bit codes in [0, 15], found {codes[index].item()} at index {index}; "
                          f"{len(bad)} code(s) are out of range. Codes of more than 4 bits cannot share a byte")
     codes = codes.to(torch.uint8)
     if codes.shape[-1] % 2:
@@ -44,7 +46,7 @@ def unpack_int4(packed: torch.Tensor, n: int) -> torch.Tensor:
     if packed.dtype != torch.uint8:
         raise TypeError(f"unpack_int4 reads uint8 bytes, got dtype {packed.dtype}")
     if packed.dim() == 0 or packed.shape[-1] != (n + 1) // 2:
-        raise ValueError(f"{n} codes pack into {(n + 1) // 2} bytes along the last dim, but the packed tensor has shape "
+        raise InputError(f"{n} codes pack into {(n + 1) // 2} bytes along the last dim, but the packed tensor has shape "
                          f"{tuple(packed.shape)}; pass the n that was packed")
     nibbles = torch.stack((packed >> 4, packed & 0x0F), dim=-1)  # (…, ceil(n / 2), 2): high nibble first
     return nibbles.flatten(-2)[..., :n]  # (…, 2 · ceil(n / 2)) -> (…, n)

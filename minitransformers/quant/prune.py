@@ -57,6 +57,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..errors import InputError
 from ..model.encoder import EncoderLayer
 
 SKIP = ("classifier",)  # the task head: new for the task, small, and the last thing to prune
@@ -79,14 +80,14 @@ def prunable_weights(model_or_weights: nn.Module | dict[str, torch.Tensor], skip
         named = dict(model_or_weights)
     weights = {n: w.detach() for n, w in named.items() if not skipped(n, skip)}
     if not weights:
-        raise ValueError(f"no weights left to prune: all of {list(named)[:4]}… are skipped by {tuple(skip)}")
+        raise InputError(f"no weights left to prune: all of {list(named)[:4]}… are skipped by {tuple(skip)}")
     return weights
 
 
 def keep_largest(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     """A bool mask of `scores`' shape: False at the round(sparsity · n) smallest, ties broken by position."""
     if not 0.0 <= sparsity <= 1.0:
-        raise ValueError(f"sparsity must lie in [0, 1], got {sparsity}")
+        raise InputError(f"sparsity must lie in [0, 1], got {sparsity}")
     flat = scores.flatten()  # (n,)
     keep = torch.ones_like(flat, dtype=torch.bool)
     keep[flat.argsort(stable=True)[: round(sparsity * flat.numel())]] = False
@@ -102,15 +103,15 @@ def magnitude_masks(model_or_weights, sparsity: float, scope: str = "layer", ski
         magnitudes = torch.cat([w.abs().flatten().float() for w in weights.values()])  # (N,) all weights in one row
         keep = keep_largest(magnitudes, sparsity).split([w.numel() for w in weights.values()])
         return {name: k.view_as(w) for (name, w), k in zip(weights.items(), keep)}
-    raise ValueError(f"unknown scope {scope!r}; use 'layer' (a threshold per matrix) or 'global' (one for all)")
+    raise InputError(f"unknown scope {scope!r}; use 'layer' (a threshold per matrix) or 'global' (one for all)")
 
 
 def nm_mask(w: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
     """Mishra et al.'s N:M mask of a weight (out, in): the n largest |w| of every m consecutive inputs."""
     if not 0 < n <= m:
-        raise ValueError(f"N:M sparsity needs 0 < n <= m, got n={n}, m={m}")
+        raise InputError(f"N:M sparsity needs 0 < n <= m, got n={n}, m={m}")
     if w.dim() != 2 or w.shape[1] % m:
-        raise ValueError(
+        raise InputError(
             f"weight of shape {tuple(w.shape)}: in_features is not a multiple of m={m}; "
             "groups of m run along the input dimension, so pad it or skip this layer"
         )
@@ -155,7 +156,7 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
             raise KeyError(f"mask {name!r} names no module weight of this model; take the masks from magnitude_masks(model, …)")
         module = modules[module_name]
         if mask.shape != module.weight.shape:
-            raise ValueError(f"mask for {name} has shape {tuple(mask.shape)}, the weight {tuple(module.weight.shape)}")
+            raise InputError(f"mask for {name} has shape {tuple(mask.shape)}, the weight {tuple(module.weight.shape)}")
         mask = mask.to(device=module.weight.device, dtype=torch.bool)
         if (old := mask_of(module)) is not None:
             old.mask.copy_(mask)
@@ -177,7 +178,7 @@ def remove_masks(model: nn.Module) -> nn.Module:
 def cubic_sparsity(step: int, initial: float, final: float, start: int, end: int) -> float:
     """Zhu & Gupta's eq. 1 with t_0 = start and t_0 + nΔt = end; `initial` before start, `final` after end."""
     if end <= start:
-        raise ValueError(f"the schedule needs start < end, got start={start}, end={end}")
+        raise InputError(f"the schedule needs start < end, got start={start}, end={end}")
     t = min(max(step, start), end)
     return final + (initial - final) * (1 - (t - start) / (end - start)) ** 3
 
@@ -188,7 +189,7 @@ class GradualPruner:
 
     def __init__(self, model: nn.Module, final: float, start: int, end: int, every: int, initial: float = 0.0, scope: str = "layer", skip=SKIP):
         if every < 1 or (end - start) % every:
-            raise ValueError(f"end - start = {end - start} must be a positive multiple of every = {every} (n Δt in the paper)")
+            raise InputError(f"end - start = {end - start} must be a positive multiple of every = {every} (n Δt in the paper)")
         self.model, self.final, self.initial, self.start, self.end, self.every = model, final, initial, start, end, every
         self.scope, self.skip = scope, skip
 
@@ -206,7 +207,7 @@ class GradualPruner:
 def encoder_layers(model: nn.Module) -> list[EncoderLayer]:
     layers = [m for m in model.modules() if isinstance(m, EncoderLayer)]
     if not layers:
-        raise ValueError(f"{type(model).__name__} holds no EncoderLayer; structured pruning works on our BERT (model/encoder.py)")
+        raise InputError(f"{type(model).__name__} holds no EncoderLayer; structured pruning works on our BERT (model/encoder.py)")
     return layers
 
 
@@ -231,14 +232,14 @@ def gate_gradients(model: nn.Module, linears: list[nn.Linear], groups: list[int]
         for hook in hooks:
             hook.remove()
     if count == 0:
-        raise ValueError("batches is empty; give at least one batch to score on")
+        raise InputError("batches is empty; give at least one batch to score on")
     return [t.detach() / count for t in total]
 
 
 def check_scoring_inputs(loss_fn, batches) -> bool:
     """True when the scores come from gradients: loss_fn and batches come together or not at all."""
     if (loss_fn is None) != (batches is None):
-        raise ValueError("give both loss_fn(model, batch) and batches for gradient scores, or neither for weight-norm scores")
+        raise InputError("give both loss_fn(model, batch) and batches for gradient scores, or neither for weight-norm scores")
     return loss_fn is not None
 
 
@@ -269,7 +270,7 @@ def kept(count: int, drop: Iterable[int], what: str) -> torch.Tensor:
     if bad := sorted(i for i in drop if not 0 <= i < count):
         raise IndexError(f"{what}: indices {bad} are out of range; there are {count}")
     if len(drop) == count:
-        raise ValueError(f"{what}: pruning all {count} would leave none; keep at least one")
+        raise InputError(f"{what}: pruning all {count} would leave none; keep at least one")
     return torch.tensor([i for i in range(count) if i not in drop], dtype=torch.long)
 
 

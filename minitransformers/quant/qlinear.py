@@ -38,6 +38,7 @@ from functools import partial
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..kernels import triton_runs_on
 from ..kernels.int4_mm import Packed4Bit, w4a16_linear, w4a16_linear_reference
 from ..kernels.int8_mm import w8a8_linear
@@ -115,7 +116,7 @@ class WeightOnlyLinear(QuantizedLinear):
     def from_linear(cls, linear: nn.Linear, method: str = "int4", **options) -> WeightOnlyLinear:
         """Quantize linear.weight with WEIGHT_ONLY[method](weight, **options)."""
         if method not in WEIGHT_ONLY:
-            raise ValueError(f"unknown weight-only method {method!r}; use one of {list(WEIGHT_ONLY)}")
+            raise InputError(f"unknown weight-only method {method!r}; use one of {list(WEIGHT_ONLY)}")
         return cls.from_representation(WEIGHT_ONLY[method](linear.weight.detach(), **options), linear.bias)
 
     def stored(self) -> dict[str, torch.Tensor]:
@@ -169,10 +170,10 @@ METHODS = (*WEIGHT_ONLY, "w8a8", *PRUNING)
 def layer_maker(method: str, options: dict):
     """linear -> quantized layer for a method name, after checking its options."""
     if method not in METHODS:
-        raise ValueError(f"unknown quantization method {method!r}; use one of {list(METHODS)}")
+        raise InputError(f"unknown quantization method {method!r}; use one of {list(METHODS)}")
     accepted = list(inspect.signature(WEIGHT_ONLY[method]).parameters)[1:] if method in WEIGHT_ONLY else []
     if unknown := sorted(set(options) - set(accepted)):
-        raise ValueError(f"method {method!r} takes the options {accepted}, got {unknown}; drop them or pick another method")
+        raise InputError(f"method {method!r} takes the options {accepted}, got {unknown}; drop them or pick another method")
     if method == "w8a8":
         return W8A8Linear.from_linear
     if method in PRUNING:
@@ -205,7 +206,7 @@ def quantize_model(model: nn.Module, method: str, skip=SKIP, **options) -> dict:
     tied = tied_weight_names(model)
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not skipped(n, skip) and f"{n}.weight" not in tied]
     if not names:
-        raise ValueError(f"no untied nn.Linear outside skip={tuple(skip)} to quantize; is the model already quantized?")
+        raise InputError(f"no untied nn.Linear outside skip={tuple(skip)} to quantize; is the model already quantized?")
     for name in names:
         model.set_submodule(name, make(model.get_submodule(name)))
     layers = [model.get_submodule(name) for name in names]

@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..config import EncoderConfig
-from ..io import hf
+from ..io import hf, manifest
 from ..io.safetensors import load_file, save_file
 from ..model.encoder import Encoder
 from ..model.heads import SequenceClassifier
@@ -35,7 +36,7 @@ def save_quantized(model: SequenceClassifier, path: str | Path, method: str, opt
     """Write a quantized classifier (after `quantize_model(model, method, **options)`) to the folder `path`."""
     modules = {name: m for name, m in model.named_modules() if isinstance(m, QuantizedLinear)}
     if not modules:
-        raise ValueError("the model has no quantized layers; call quantize_model(model, method) before save_quantized")
+        raise InputError("the model has no quantized layers; call quantize_model(model, method) before save_quantized")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     quantization = {
@@ -52,29 +53,61 @@ def read_quantization(path: Path) -> dict:
     try:
         return json.loads((path / QUANTIZATION).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path / QUANTIZATION}: cannot read it ({err}); is {path} a folder written by save_quantized?") from err
+        raise InputError(f"{path / QUANTIZATION}: cannot read it ({err}); is {path} a folder written by save_quantized?") from err
 
 
 def load_quantized(path: str | Path) -> SequenceClassifier:
     """The SequenceClassifier that `save_quantized` wrote, its quantized layers rebuilt from their saved tensors."""
     path = Path(path)
+    manifest.verify(path, "config.json", QUANTIZATION, TENSORS)
     quantization = read_quantization(path)
     state = load_file(path / TENSORS)
+    check_quantization(path, quantization, state)
     hf_config = hf.read_config(path)
-    id2label = hf_config["id2label"]
-    labels = [id2label[key] for key in sorted(id2label, key=int)]
-    config = EncoderConfig.from_hf(hf_config)
-    encoder = Encoder(config, add_pooler=any(k.startswith("encoder.pooler.") for k in state))
-    encoder.resize_layers([(rows(f"encoder.layers.{i}.attention.query", quantization, state), rows(f"encoder.layers.{i}.ffn.up", quantization, state))
-                           for i in range(config.num_layers)])  # fmt: skip  # a structurally pruned model's narrower layers
-    model = SequenceClassifier(encoder, len(labels), hf_config.get("pooling", "pooler"), hf_config.get("classifier_dropout"), labels)
+    labels = hf.labels_of(hf_config, path)
+    config = EncoderConfig.from_hf(hf_config, path / "config.json")
+    hf.check_layer_count({k.replace("encoder.layers.", "encoder.layer."): v for k, v in state.items()}, config.num_layers, path)
+    with torch.device("meta"):  # shapes only: the saved tensors are assigned to it below, so config.json's sizes allocate nothing
+        encoder = Encoder(config, add_pooler=any(k.startswith("encoder.pooler.") for k in state))
+        encoder.resize_layers([(rows(f"encoder.layers.{i}.attention.query", quantization, state), rows(f"encoder.layers.{i}.ffn.up", quantization, state))
+                               for i in range(config.num_layers)])  # fmt: skip  # a structurally pruned model's narrower layers
+        model = SequenceClassifier(encoder, len(labels), hf_config.get("pooling", "pooler"), hf_config.get("classifier_dropout"), labels)
     for name, entry in quantization["modules"].items():
+        if not isinstance(model.get_submodule(name) if has_module(model, name) else None, nn.Linear):
+            raise InputError(f"{path / QUANTIZATION}: module {name} is not a Linear layer of this model (config.json: {config.num_layers} layers)")
         model.set_submodule(name, rebuild(path, name, entry, state))
     try:
-        model.load_state_dict(state)  # strict: a missing or unexpected tensor fails with the list of names
+        model.load_state_dict(state, assign=True)  # strict: a missing, unexpected or mis-shaped tensor fails, naming it
     except RuntimeError as err:
-        raise ValueError(f"{path / TENSORS} does not match config.json and {QUANTIZATION}: {err}") from None
+        raise InputError(f"{path / TENSORS} does not match config.json and {QUANTIZATION}: {err}") from None
     return model
+
+
+def check_quantization(path: Path, quantization, state: dict[str, torch.Tensor]) -> None:
+    """quantization.json's shape, checked before anything is built from it: {"method": str, "options": {...},
+    "modules": {name: {"class": str, "layout": {"shape": [out, in], ...}}}}, each layout's weight count bounded by
+    the bytes saved under its name (at most 64 weights a byte: no format here stores fewer than 1/64 of a byte a
+    weight), so a layout cannot make the loader allocate more than the file backs."""
+    where = path / QUANTIZATION
+    if not isinstance(quantization, dict) or not isinstance(quantization.get("method"), str) or not isinstance(quantization.get("modules"), dict):
+        raise InputError(f"{where}: expected an object with a method (string) and modules (an object); is {path} a folder written by save_quantized?")
+    for name, entry in quantization["modules"].items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("class"), str) and isinstance(entry.get("layout"), dict)):
+            raise InputError(f"{where}: module {name}: expected {{\"class\": ..., \"layout\": {{...}}}}, found {str(entry)[:100]}")
+        shape = entry["layout"].get("shape")
+        if not (isinstance(shape, list) and len(shape) == 2 and all(type(d) is int and d > 0 for d in shape)):
+            raise InputError(f"{where}: module {name}: layout shape {shape!r}, expected [out_features, in_features] of positive ints")
+        saved = sum(t.numel() * t.element_size() for k, t in state.items() if k.startswith(f"{name}."))
+        if shape[0] * shape[1] > 64 * saved:
+            raise InputError(f"{where}: module {name}: layout shape {shape} claims {shape[0] * shape[1]:,} weights, but {TENSORS} holds {saved:,} bytes for it")
+
+
+def has_module(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
 
 
 def rows(name: str, quantization: dict, state: dict[str, torch.Tensor]) -> int | None:
@@ -87,10 +120,12 @@ def rows(name: str, quantization: dict, state: dict[str, torch.Tensor]) -> int |
 def rebuild(path: Path, name: str, entry: dict, state: dict[str, torch.Tensor]) -> nn.Module:
     """One quantized layer from its class, layout and the saved tensors under `name.`."""
     if entry["class"] not in LAYERS:
-        raise ValueError(f"{path / QUANTIZATION}: module {name} has class {entry['class']!r}; known: {sorted(LAYERS)}")
+        raise InputError(f"{path / QUANTIZATION}: module {name} has class {entry['class']!r}; known: {sorted(LAYERS)}")
     prefix = f"{name}."
     tensors = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
     try:
         return LAYERS[entry["class"]](entry["layout"], tensors)
     except ValueError as err:
-        raise ValueError(f"{path / TENSORS}: module {name}: {err}") from None
+        raise InputError(f"{path / TENSORS}: module {name}: {err}") from None
+    except (KeyError, TypeError, IndexError, AttributeError, RuntimeError) as err:  # a layout or tensors this layer cannot read
+        raise InputError(f"{path / TENSORS}: module {name}: cannot rebuild it from its layout and tensors ({type(err).__name__}: {' '.join(str(err).split())[:200]})") from None

@@ -60,6 +60,7 @@ from typing import ClassVar
 
 import torch
 
+from ..errors import InputError
 from ..kernels.int4_mm import Packed4Bit
 from .format import QuantizedWeight, cast, check_stored_bits, register
 from .pack import pack_int4, unpack_int4
@@ -70,7 +71,7 @@ EPS = torch.finfo(torch.float32).eps  # the smallest scale: keeps all-zero block
 def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
     """The integer codes [q_min, q_max]: signed restricted [−(2^(b−1) − 1), 2^(b−1) − 1], or unsigned [0, 2^b − 1]."""
     if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
-        raise ValueError(f"bits must be an integer in 2..8 (each code is stored in one int8 or uint8), got {bits!r}")
+        raise InputError(f"bits must be an integer in 2..8 (each code is stored in one int8 or uint8), got {bits!r}")
     if symmetric:
         return -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1
     return 0, 2**bits - 1
@@ -88,7 +89,7 @@ def block_grid(shape, block_size) -> tuple[int, ...]:
     shape, block_size = tuple(shape), tuple(block_size)
     if len(block_size) != len(shape) or any(b < 1 or s % b for s, b in zip(shape, block_size)):
         per_row = (1,) * (len(shape) - 1) + shape[-1:]
-        raise ValueError(
+        raise InputError(
             f"block_size {block_size} does not tile a tensor of shape {shape}: it needs one entry per dimension, each "
             f"dividing that dimension; e.g. {shape} for per-tensor, {per_row} for per-row"
         )
@@ -106,7 +107,7 @@ def _per_block(param: torch.Tensor, shape, block_size) -> torch.Tensor:
     broadcast over `_as_blocks`."""
     grid = block_grid(shape, block_size)
     if tuple(param.shape) != grid and not param.numel() == math.prod(grid) == 1:
-        raise ValueError(
+        raise InputError(
             f"expected one scale and zero point per block, a grid {grid} for shape {tuple(shape)} and block_size "
             f"{tuple(block_size)}, got {tuple(param.shape)}; make them with choose_qparams and the same block_size"
         )
@@ -332,7 +333,7 @@ class PercentileObserver(_SampleObserver):
     def __init__(self, percentile: float = 99.99):
         super().__init__()
         if not 50 < percentile <= 100:
-            raise ValueError(f"percentile must be in (50, 100], e.g. 99.99 clips 0.01% of values in each tail; got {percentile}")
+            raise InputError(f"percentile must be in (50, 100], e.g. 99.99 clips 0.01% of values in each tail; got {percentile}")
         self.percentile = percentile
 
     def clip_range(self, rows: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:

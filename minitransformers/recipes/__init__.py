@@ -15,6 +15,8 @@ from dataclasses import fields
 
 import torch
 
+from ..errors import InputError
+
 
 def default_device() -> str:
     """cuda if available, else cpu: every recipe's default device."""
@@ -26,3 +28,14 @@ def config_from(cls, args, **converted):
     same name, except the `converted` ones, which the caller gives (flags that do not map one to one, such as
     --no-bucket). Each CLI command is `recipes.<name>.run(config_from(...))`."""
     return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if f.name not in converted}, **converted)
+
+
+def max_length_for(max_length: int | None, positions: int, default: int | None = 128, flag: str = "--max-length") -> int:
+    """The length to truncate texts to, for an encoder with `positions` learned position embeddings: `max_length`
+    if the model can represent it (else an error naming the flag); None: `default`, or `positions` if fewer
+    (None: `positions`)."""
+    if max_length is None:
+        return positions if default is None else min(default, positions)
+    if max_length > positions:
+        raise InputError(f"{flag} {max_length} exceeds the model's {positions} positions (max_position_embeddings); use at most {positions}")
+    return max_length

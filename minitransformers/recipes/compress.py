@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import InputError
+from ..io.manifest import publish
 from ..model import SequenceClassifier
 from ..quant.deep_compression import cluster_model, compression_report, to_weight_only
 from ..quant.prune import apply_masks, magnitude_masks, remove_masks
@@ -34,7 +36,8 @@ from ..text.tokenizer import Tokenizer
 from ..train import checkpoint, distributed
 from ..train.tasks import Classification
 from ..train.trainer import TrainConfig, Trainer
-from . import default_device
+from . import default_device, max_length_for
+from .outputs import check_out, data_path, identity
 
 
 @dataclass
@@ -52,7 +55,7 @@ class CompressConfig:
     lr: float = 2e-5  # retraining the pruned model
     centroid_lr: float = 1e-4
     batch_size: int = 32
-    max_length: int = 128
+    max_length: int | None = None  # None: 128, or the model's positions if fewer
     max_train_examples: int = 0  # 0: all
     seed: int = 0
     device: str = field(default_factory=default_device)
@@ -60,16 +63,17 @@ class CompressConfig:
 
 def run(config: CompressConfig) -> dict:
     """Compress as `config` says; returns the report (also written to OUT/metrics.json)."""
-    model_dir, out = Path(config.model), Path(config.out)
+    model_dir, out = Path(config.model), check_out(config.out, {"--model": config.model, "--data": data_path(config.data)})
     if (model_dir / "adapter.json").is_file() or not (model_dir / "model.safetensors").is_file():
-        raise ValueError(f"{model_dir} is not a whole fine-tuned classifier (model.safetensors); compress a `finetune --method full` folder")
+        raise InputError(f"{model_dir} is not a whole fine-tuned classifier (model.safetensors); compress a `finetune --method full` folder")
     checkpoint.seed_everything(config.seed)
     world = distributed.World(device=torch.device(config.device))
     tokenizer = Tokenizer.from_pretrained(model_dir)
-    splits = load_classification(config.data)
-    splits["train"] = splits["train"][: config.max_train_examples or None]
-    data = {name: encode_examples(tokenizer, examples, config.max_length) for name, examples in splits.items()}
     model = SequenceClassifier.from_pretrained(model_dir).to(world.device)
+    splits = load_classification(config.data, labels=model.labels)  # the data's labels must be the head's
+    splits["train"] = splits["train"][: config.max_train_examples or None]
+    max_length = max_length_for(config.max_length, model.encoder.config.max_position_embeddings)
+    data = {name: encode_examples(tokenizer, examples, max_length) for name, examples in splits.items()}
 
     logs: dict[str, list[dict]] = {}  # stage -> the trainer's log rows
 
@@ -94,12 +98,13 @@ def run(config: CompressConfig) -> dict:
     report = compression_report(model, config.index_bits)
 
     options = {k: getattr(config, k) for k in ("sparsity", "scope", "bits", "index_bits", "epochs", "lr", "centroid_lr", "max_train_examples", "seed")}
-    save_quantized(to_weight_only(model.cpu()), out, "deep_compression", options)
-    tokenizer.save_pretrained(out)
-    for stage, rows in logs.items():
-        (out / f"train_{stage}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     result = {"source": str(model_dir), "options": options, "test": stages, "compression": report}
-    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    with publish(out, derived_from=identity(model_dir, config.data)) as stage:
+        save_quantized(to_weight_only(model.cpu()), stage, "deep_compression", options)
+        tokenizer.save_pretrained(stage)
+        for name, rows in logs.items():
+            (stage / f"train_{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        (stage / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 

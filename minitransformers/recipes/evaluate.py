@@ -18,13 +18,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import InputError
 from ..peft.methods import load_classifier
 from ..quant.serialize import QUANTIZATION, load_quantized
 from ..text.collate import collate, encode_examples
 from ..text.datasets import load_classification
 from ..text.tokenizer import Tokenizer
 from ..train.tasks import Classification
-from . import default_device
+from . import default_device, max_length_for
 
 
 @dataclass
@@ -37,7 +38,7 @@ class EvaluateConfig:
     split: str = "test"  # train | validation | test
     max_examples: int = 0  # score only the first N examples of the split; 0: all
     batch_size: int = 32
-    max_length: int = 128
+    max_length: int | None = None  # None: 128, or the model's positions if fewer
     device: str = field(default_factory=default_device)
 
 
@@ -46,7 +47,7 @@ def load_model(path: str | Path, base: str | Path | None = None) -> torch.nn.Mod
     given, instead of the one adapter.json names), or whole."""
     if (Path(path) / QUANTIZATION).is_file():
         if base is not None:
-            raise ValueError(f"{path}: holds a quantized model, not an adapter; --base applies to adapter folders only")
+            raise InputError(f"{path}: holds a quantized model, not an adapter; --base applies to adapter folders only")
         return load_quantized(path)
     return load_classifier(path, base)
 
@@ -66,11 +67,12 @@ def run(config: EvaluateConfig) -> dict:
     """Score and time the model as `config` says; returns the metrics (also written to eval_<split>.json in the model folder)."""
     device = torch.device(config.device)
     model = load_model(config.model, config.base).to(device).eval()
+    max_length = max_length_for(config.max_length, model.encoder.config.max_position_embeddings)
     tokenizer = Tokenizer.from_pretrained(config.model)
     split = load_classification(config.data, labels=model.labels)[config.split]
     if config.max_examples:
         split = split[: config.max_examples]
-    examples = encode_examples(tokenizer, split, config.max_length)
+    examples = encode_examples(tokenizer, split, max_length)
     size = config.batch_size
     batches = [{k: v.to(device) for k, v in collate(examples[i : i + size], tokenizer.pad_id).items()} for i in range(0, len(examples), size)]
     seconds: list[float] = []

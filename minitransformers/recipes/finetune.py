@@ -13,25 +13,28 @@ with any method.
 
 from __future__ import annotations
 
-import json
 import resource
+import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..errors import InputError
+from ..io.manifest import publish
 from ..model import SequenceClassifier
 from ..peft.common import count_parameters, parameter_summary
 from ..peft.methods import apply_method, load_classifier, method_config, save_finetuned
 from ..peft.peft_format import save_peft
 from ..text.collate import collate, encode_examples
-from ..text.datasets import label_names, load_classification
+from ..text.datasets import labelled_splits
 from ..text.tokenizer import Tokenizer
 from ..train import checkpoint, distributed
 from ..train.tasks import Classification
 from ..train.trainer import TrainConfig, Trainer
-from . import default_device
+from . import default_device, max_length_for
+from .outputs import check_out, data_path, identity, write_json
 
 
 @dataclass
@@ -48,7 +51,7 @@ class FinetuneConfig:
     lr: float = 5e-5
     batch_size: int = 32  # global: examples per micro-step over all processes
     grad_accum: int = 1
-    max_length: int = 128
+    max_length: int | None = None  # None: 128, or the model's positions if fewer
     max_train_examples: int = 0  # 0: all
     max_eval_examples: int = 0  # score only the first N validation and test examples; 0: all
     warmup: float = 0.1
@@ -65,6 +68,7 @@ class FinetuneConfig:
     precision: str = "fp32"
     gradient_checkpointing: bool = False
     resume: bool = False
+    resume_anyway: bool = False  # resume even though options or inputs changed (the changes are listed)
     method: str = "full"
     method_options: Any = None  # the method's dataclass (peft.methods.METHOD_CONFIGS), or None for its defaults
 
@@ -84,27 +88,24 @@ def options_dict(options) -> dict:
 def run(config: FinetuneConfig) -> dict:
     """Fine-tune as `config` says; returns the final metrics (on the main process)."""
     world = distributed.init(config.device)
+    out = check_out(config.out, {"--model": config.model, "--data": data_path(config.data)})
     checkpoint.seed_everything(config.seed)
-    names = label_names(config.data, config.labels)  # None: a file of integer labels, named LABEL_0, ... by the model
-    splits = load_classification(config.data, labels=names)
-    if config.max_train_examples:
-        splits["train"] = splits["train"][: config.max_train_examples]
-    if config.max_eval_examples:
-        for split in ("validation", "test"):
-            splits[split] = splits[split][: config.max_eval_examples]
-    num_labels = len(names) if names else max(2, 1 + max(e.label for split in splits.values() for e in split))
+    # names None: a file of integer labels, named LABEL_0, ... by the model; bad data is refused here, before any training
+    names, splits, num_labels = labelled_splits(config.data, config.labels, config.max_train_examples, config.max_eval_examples)
 
     tokenizer = Tokenizer.from_pretrained(config.model)
-    encoded = {name: encode_examples(tokenizer, examples, config.max_length) for name, examples in splits.items()}
     model = SequenceClassifier.from_encoder(config.model, num_labels, pooling=config.pooling, labels=names, unpad=config.unpad)
+    positions = model.encoder.config.max_position_embeddings
+    max_length = max_length_for(config.max_length, positions)
+    encoded = {name: encode_examples(tokenizer, examples, max_length) for name, examples in splits.items()}
     method = method_config(config.method, config.method_options)
-    if config.method == "prompt" and config.max_length + method.num_virtual_tokens > model.encoder.config.max_position_embeddings:
-        raise ValueError(f"--max-length {config.max_length} + {method.num_virtual_tokens} virtual tokens exceed the model's {model.encoder.config.max_position_embeddings} positions; lower --max-length")
+    if config.method == "prompt" and max_length + method.num_virtual_tokens > positions:
+        raise InputError(f"--max-length {max_length} + {method.num_virtual_tokens} virtual tokens exceed the model's {positions} positions; lower --max-length")
     options = options_dict(method)
     apply_method(model, config.method, method, tokenizer)
     model.encoder.gradient_checkpointing = config.gradient_checkpointing
     if world.is_main:
-        print(f"{config.method}: {parameter_summary(model)}")
+        print(f"{config.method}: {parameter_summary(model)}", file=sys.stderr)
 
     if world.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(world.device)
@@ -113,25 +114,25 @@ def run(config: FinetuneConfig) -> dict:
         model, Classification(num_labels), encoded["train"], encoded["validation"],
         lambda items: collate(items, tokenizer.pad_id), [len(e.input_ids) for e in encoded["train"]], train_config, world,
         save=lambda best, folder: save_finetuned(best, folder, config.method, options, config.model),
-        identity={"model": config.model, "data": config.data, "method": config.method, "method_options": options, "max_length": config.max_length, "pooling": config.pooling, "max_train_examples": config.max_train_examples},
+        identity={**identity(config.model, config.data), "method": config.method, "method_options": options, "max_length": max_length, "pooling": config.pooling, "max_train_examples": config.max_train_examples},
     )  # fmt: skip
     if world.is_main:
-        Path(config.out).mkdir(parents=True, exist_ok=True)
-        tokenizer.save_pretrained(config.out)
-    result = trainer.fit(resume=config.resume)
+        with publish(out) as stage:
+            tokenizer.save_pretrained(stage)
+    result = trainer.fit(resume=config.resume, anyway=config.resume_anyway)
 
     metrics = {}
     if world.is_main:  # score the best checkpoint, as saved, on validation and test
-        best = load_classifier(config.out).to(world.device)
+        best = load_classifier(out).to(world.device)
         for split in ("validation", "test"):
             metrics.update({f"{split}_{k}": v for k, v in trainer.evaluate(encoded[split], best, desc=split).items()})
         metrics.update(result, train_examples=len(splits["train"]), device=str(world.device), world_size=world.size)
         metrics["peak_memory_mb"] = peak_memory_mb(world.device)
         trainable, total = count_parameters(model), count_parameters(model, trainable_only=False)
         metrics.update(method=config.method, method_options=options, trainable_parameters=trainable, total_parameters=total, trainable_percent=100 * trainable / total,
-                       saved_bytes=sum(f.stat().st_size for f in Path(config.out).glob("*.safetensors")))  # fmt: skip
+                       saved_bytes=sum(f.stat().st_size for f in out.glob("*.safetensors")))  # fmt: skip
         if config.method == "lora" and config.pooling == "pooler":  # peft's BERT classifier pools through the pooler only
-            save_peft(best, Path(config.out) / "peft", base_model_name_or_path=Path(config.model).resolve())
-        (Path(config.out) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            save_peft(best, out / "peft", base_model_name_or_path=Path(config.model).resolve())
+        write_json(out, "metrics.json", metrics)
     distributed.shutdown(world)
     return metrics

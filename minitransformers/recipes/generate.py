@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import InputError
 from ..io.gguf import read_gguf
 from ..model.causal_lm import CausalLM, gguf_file
 from ..model.generate import GenerationConfig, generate_tokens
@@ -56,7 +57,7 @@ def load_tokenizer(path: str | Path) -> BPETokenizer:
 def load_language_model(path: str | Path, device: str = "cpu", dtype: str = "float32") -> tuple[CausalLM, BPETokenizer]:
     """The model, in `dtype` on `device`, and its tokenizer."""
     if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)}")
+        raise InputError(f"dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)}")
     return CausalLM.from_pretrained(path, dtype=DTYPES[dtype]).to(device).eval(), load_tokenizer(path)
 
 
@@ -65,7 +66,7 @@ def chat_template(tokenizer: BPETokenizer, name: str | None = None) -> ChatTempl
     if name is not None:
         return ChatTemplate.named(name)
     if tokenizer.chat_template is None:
-        raise ValueError("the model has no chat template; pass one by name (--template chatml)")
+        raise InputError("the model has no chat template; pass one by name (--template chatml)")
     return ChatTemplate.from_string(tokenizer.chat_template)
 
 
@@ -115,7 +116,7 @@ def run(config: GenerateConfig) -> list[dict]:
     """Each prompt's continuation: {"text", "token_ids"}: the new tokens, a final stop token included, and their
     text without it."""
     if not config.prompts:
-        raise ValueError("no prompt given; pass the text to continue")
+        raise InputError("no prompt given; pass the text to continue")
     model, tokenizer = load_language_model(config.model, config.device, config.dtype)
     template = chat_template(tokenizer, config.template) if config.chat else None
     options = generation_config(config, tokenizer, template)

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..errors import InputError
+from ..text.datasets import decoded_lines
 from ..text.sources import data_dir
 from . import default_device
 from .generate import load_language_model
@@ -48,12 +50,12 @@ class PerplexityConfig:
 def window_nll(model: torch.nn.Module, ids: list[int], context: int, max_chunks: int = 0, batch_size: int = 8, device="cpu", progress: bool = True) -> dict:
     """Sum of the NLL of the scored predictions over the windows (see the module docstring), and their count."""
     if context < 4 or context % 2:
-        raise ValueError(f"context {context}: use an even number of tokens, at least 4")
+        raise InputError(f"context {context}: use an even number of tokens, at least 4")
     chunks = len(ids) // context
     if max_chunks:
         chunks = min(chunks, max_chunks)
     if chunks == 0:
-        raise ValueError(f"the text has {len(ids)} tokens, fewer than one window of {context}")
+        raise InputError(f"the text has {len(ids)} tokens, fewer than one window of {context}")
     tokens = torch.tensor(ids[: chunks * context]).view(chunks, context)  # (W, n)
     first = context // 2
     total, count = 0.0, 0
@@ -72,13 +74,16 @@ def split_text(data: str, split: str) -> str:
     if data == "wikitext2":
         name = {"train": "train", "validation": "valid", "valid": "valid", "test": "test"}.get(split)
         if name is None:
-            raise ValueError(f"unknown split {split!r} of wikitext2; use train, validation or test")
+            raise InputError(f"unknown split {split!r} of wikitext2; use train, validation or test")
         path = data_dir("wikitext2") / f"{name}.raw"
     else:
         path = Path(data)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file; fetch wikitext2 first (python -m minitransformers fetch wikitext2) or give a text file")
-    return path.read_text(encoding="utf-8")
+    text = "".join(decoded_lines(path)).replace("\r\n", "\n").replace("\r", "\n")  # as read_text's universal newlines
+    if not text.strip():
+        raise InputError(f"{path}: no text to score; give a UTF-8 text file with at least one window of tokens")
+    return text
 
 
 def run(config: PerplexityConfig) -> dict:

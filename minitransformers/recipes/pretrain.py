@@ -14,16 +14,16 @@ entropy H = −Σ_w p(w) log p(w); the gap below it is what context teaches.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from collections import Counter
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 
 import torch
 
 from ..config import SIZES, EncoderConfig
+from ..errors import InputError
+from ..io.manifest import fingerprint, publish
 from ..model import Encoder, MaskedLM
 from ..text.collate import pack_sequences
 from ..text.datasets import load_wikitext2
@@ -34,6 +34,7 @@ from ..train import checkpoint, distributed
 from ..train.tasks import MaskedLanguageModeling
 from ..train.trainer import TrainConfig, Trainer
 from . import default_device
+from .outputs import check_out, data_path, write_json
 
 
 @dataclass
@@ -58,6 +59,7 @@ class PretrainConfig:
     device: str = field(default_factory=default_device)
     precision: str = "fp32"
     resume: bool = False
+    resume_anyway: bool = False  # resume even though options or inputs changed (the changes are listed)
 
 
 def unigram_entropy(sequences: list[list[int]], special: set[int]) -> float:
@@ -93,11 +95,13 @@ def run(config: PretrainConfig) -> dict:
     """Pretrain as `config` says; returns the final metrics (on the main process)."""
     world = distributed.init(config.device)
     checkpoint.seed_everything(config.seed)
-    out = Path(config.out)
+    out = check_out(config.out, {"--data": data_path(config.data)})
+    if config.seq_length < 3:
+        raise InputError(f"--seq-length {config.seq_length}: a packed sequence holds [CLS], [SEP] and at least one token; use 3 or more (default 128)")
+    text = data_dir("wikitext2") / "train.raw"
     if config.resume and (out / "tokenizer.json").is_file():
         tokenizer = Tokenizer.from_pretrained(out)
     else:
-        text = data_dir("wikitext2") / "train.raw"
         say(world, f"training a WordPiece vocabulary of {config.vocab_size} on {text} ...")
         tokenizer = train_wordpiece([text], vocab_size=config.vocab_size)
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
@@ -115,12 +119,12 @@ def run(config: PretrainConfig) -> dict:
     trainer = Trainer(
         model, MaskedLanguageModeling(), sequences["train"], fixed_masks(sequences["validation"], collator, config.seed),
         collator, [config.seq_length] * len(sequences["train"]), train_config, world, eval_collate=stack,
-        identity={k: getattr(config, k) for k in ("data", "size", "seq_length", "vocab_size", "mask_probability", "whole_word")},
+        identity={**{k: getattr(config, k) for k in ("size", "seq_length", "vocab_size", "mask_probability", "whole_word")}, "data_sha256": fingerprint(text)},
     )  # fmt: skip
     if world.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        tokenizer.save_pretrained(out)
-    result = trainer.fit(resume=config.resume)
+        with publish(out) as stage:
+            tokenizer.save_pretrained(stage)
+    result = trainer.fit(resume=config.resume, anyway=config.resume_anyway)
 
     metrics = {}
     if world.is_main:  # the best checkpoint, as saved, on the fixed validation masks
@@ -129,6 +133,6 @@ def run(config: PretrainConfig) -> dict:
         metrics["unigram_entropy"] = unigram_entropy(sequences["train"], {cls_id, sep_id})
         metrics.update(result, size=config.size, parameters=sum(p.numel() for p in model.parameters()), vocab_size=tokenizer.vocab_size,
                        train_sequences=len(sequences["train"]), seq_length=config.seq_length, device=str(world.device), world_size=world.size)  # fmt: skip
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_json(out, "metrics.json", metrics)
     distributed.shutdown(world)
     return metrics

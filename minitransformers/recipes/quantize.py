@@ -9,14 +9,16 @@ with `python -m minitransformers evaluate --model OUT --data ...`.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import InputError
+from ..io.manifest import publish
 from ..model import SequenceClassifier
 from ..quant.qlinear import quantize_model
 from ..quant.serialize import save_quantized
 from ..text.tokenizer import Tokenizer
+from .outputs import check_out, identity, write_json
 
 
 @dataclass
@@ -33,14 +35,15 @@ class QuantizeConfig:
 
 def run(config: QuantizeConfig) -> dict:
     """Quantize as `config` says; returns the report (also written to OUT/metrics.json)."""
-    model_dir, out = Path(config.model), Path(config.out)
+    model_dir, out = Path(config.model), check_out(config.out, {"--model": config.model})
     if (model_dir / "adapter.json").is_file():
-        raise ValueError(f"{model_dir} holds an adapter, not a whole model; quantize the model it adapts, or a full fine-tune")
+        raise InputError(f"{model_dir} holds an adapter, not a whole model; quantize the model it adapts, or a full fine-tune")
     model = SequenceClassifier.from_pretrained(model_dir).eval()
     options = {k: v for k, v in {"group_size": config.group_size, "double_quant": config.double_quant or None}.items() if v is not None}
     report = quantize_model(model, config.method, skip=tuple(config.skip), **options)
-    save_quantized(model, out, config.method, options)
-    Tokenizer.from_pretrained(model_dir).save_pretrained(out)
+    with publish(out, derived_from=identity(model_dir)) as stage:
+        save_quantized(model, stage, config.method, options)
+        Tokenizer.from_pretrained(model_dir).save_pretrained(stage)
     report = {**report, "options": options, "source": str(model_dir), "folder_bytes": sum(f.stat().st_size for f in out.glob("*.safetensors"))}
-    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out, "metrics.json", report)
     return report

@@ -46,6 +46,8 @@ from tokenizers import AddedToken, Regex
 from tokenizers import Tokenizer as RustTokenizer
 from tokenizers import decoders, models, pre_tokenizers, processors
 
+from ..errors import InputError
+
 # llama.cpp's pre-tokenizer regexes (src/llama-vocab.cpp, `llm_tokenizer_bpe`), copied verbatim and applied in
 # order. GPT-2's regex is spelled without its final `|\s+`: llama.cpp keeps unmatched text as a piece anyway.
 GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
@@ -80,17 +82,17 @@ class BPETokenizer:
         """Build the tokenizer llama.cpp builds from a GGUF file's `tokenizer.*` metadata (a dict of plain values)."""
         model = metadata.get("tokenizer.ggml.model")
         if model != "gpt2":
-            raise ValueError(f"tokenizer.ggml.model is {model!r}; only byte-level BPE ('gpt2') is supported here")
+            raise InputError(f"tokenizer.ggml.model is {model!r}; only byte-level BPE ('gpt2') is supported here")
         pre = metadata.get("tokenizer.ggml.pre")
         if pre not in PRE_TOKENIZERS:
-            raise ValueError(
+            raise InputError(
                 f"tokenizer.ggml.pre is {pre!r}, an unsupported pre-tokenizer; supported: {', '.join(sorted(PRE_TOKENIZERS))} "
                 "(add its regexes from llama.cpp's src/llama-vocab.cpp to PRE_TOKENIZERS)"
             )
         tokens, types = metadata["tokenizer.ggml.tokens"], metadata["tokenizer.ggml.token_type"]
         vocab = {token: i for i, token in enumerate(tokens)}
         if len(vocab) != len(tokens) or len(types) != len(tokens):
-            raise ValueError(f"{len(tokens)} tokens ({len(vocab)} distinct) and {len(types)} token types in the GGUF metadata; expected one type per distinct token")
+            raise InputError(f"{len(tokens)} tokens ({len(vocab)} distinct) and {len(types)} token types in the GGUF metadata; expected one type per distinct token")
         merges = [tuple(merge.split(" ", 1)) for merge in metadata["tokenizer.ggml.merges"]]
         tok = byte_level_pipeline(models.BPE(vocab=vocab, merges=merges), PRE_TOKENIZERS[pre])
         tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, kind in zip(tokens, types) if kind == CONTROL])
@@ -99,7 +101,7 @@ class BPETokenizer:
         bos, eos = metadata.get("tokenizer.ggml.bos_token_id"), metadata.get("tokenizer.ggml.eos_token_id")
         add_bos, add_eos = metadata.get("tokenizer.ggml.add_bos_token", False), metadata.get("tokenizer.ggml.add_eos_token", False)
         if (add_bos and bos is None) or (add_eos and eos is None):
-            raise ValueError("tokenizer.ggml.add_bos_token / add_eos_token is true but that token's id is not set")
+            raise InputError("tokenizer.ggml.add_bos_token / add_eos_token is true but that token's id is not set")
         if add_bos or add_eos:
             template = [tokens[bos]] * add_bos + ["$A"] + [tokens[eos]] * add_eos
             ends = [(tokens[i], i) for i, add in ((bos, add_bos), (eos, add_eos)) if add]
@@ -114,7 +116,7 @@ class BPETokenizer:
         try:
             tok = RustTokenizer.from_file(str(path))
         except Exception as err:  # the Rust side raises a bare Exception on a malformed file
-            raise ValueError(f"{path}: cannot parse tokenizer ({err})") from err
+            raise InputError(f"{path}: cannot parse tokenizer ({err})") from err
         config_path, jinja_path = path.with_name("tokenizer_config.json"), path.with_name("chat_template.jinja")
         config = json.loads(config_path.read_text()) if config_path.is_file() else {}
 
@@ -151,11 +153,11 @@ class BPETokenizer:
         Left padding (the default) puts every prompt's last token in the last column, where generation continues.
         """
         if padding_side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
+            raise InputError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
         encoded = self.encode_batch([texts] if isinstance(texts, str) else texts, add_special_tokens)
         T = max((len(ids) for ids in encoded), default=0)
         if self.pad_id is None and any(len(ids) < T for ids in encoded):
-            raise ValueError("these texts need padding but the tokenizer has no pad token; set tokenizer.pad_id (eos_id is usual)")
+            raise InputError("these texts need padding but the tokenizer has no pad token; set tokenizer.pad_id (eos_id is usual)")
         input_ids = torch.full((len(encoded), T), self.pad_id or 0, dtype=torch.long)  # (B, T)
         attention_mask = torch.zeros(len(encoded), T, dtype=torch.long)
         for row, ids in enumerate(encoded):

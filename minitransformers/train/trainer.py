@@ -11,7 +11,9 @@ One optimizer step:
 
 Outputs in `out/`: `metrics.jsonl` (a line per step and per evaluation), `checkpoint.pt` (the latest state,
 for --resume) and the best model so far (`save`; by default an HF folder, `save_pretrained`); the recipes add
-`metrics.json` at the end. With `out=None` the trainer writes no file: the log rows are in `trainer.history` (as
+`metrics.json` at the end. Every file but the log is written whole before it replaces the old one and recorded in
+`manifest.json` with its sha256 and the run's identity (io/manifest.py), so a kill -9 at any moment leaves a run
+that resumes exactly, and a checkpoint damaged afterwards is refused instead of trained from. With `out=None` the trainer writes no file: the log rows are in `trainer.history` (as
 they always are), each new best model goes to the `save` callback only, and `fit(resume=True)` is refused.
 """
 
@@ -20,6 +22,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,14 +33,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..errors import Error, InputError
+from ..io import manifest
 from ..text.collate import BatchSampler
 from . import checkpoint
 from .distributed import World, all_reduce_sum, barrier, unwrap, wrap
 from .optim import adamw, schedule
 
 
-class TrainingDiverged(RuntimeError):
-    pass
+class TrainingDiverged(Error, RuntimeError):
+    """The loss became NaN or inf; the message says which checkpoint is the last good one."""
 
 
 # TrainConfig fields that a resumed run may change: the run folder is where the checkpoint is found, and the
@@ -77,7 +83,7 @@ class Trainer:
         (numbers and strings, such as the model and data paths); `resume` refuses a checkpoint whose identity
         or TrainConfig differs (see RESUME_IGNORES)."""
         if config.precision != "fp32" and world.device.type != "cuda":
-            raise ValueError(f"precision {config.precision!r} needs CUDA; on {world.device.type} use fp32")
+            raise InputError(f"precision {config.precision!r} needs CUDA; on {world.device.type} use fp32")
         self.model, self.task, self.config, self.world = model.to(world.device), task, config, world
         self.train_set, self.eval_set, self.collate, self.eval_collate = train_set, eval_set, collate, eval_collate or collate
         self.out = None if config.out is None else Path(config.out)
@@ -87,7 +93,7 @@ class Trainer:
         self.sampler = BatchSampler(lengths, config.batch_size, bucket=config.bucket, seed=config.seed)
         self.steps_per_epoch = len(self.batches(0)) // config.grad_accum
         if self.steps_per_epoch == 0:
-            raise ValueError(f"{len(train_set)} training examples make no full step of {config.grad_accum} × {config.batch_size}")
+            raise InputError(f"{len(train_set)} training examples make no full step of {config.grad_accum} × {config.batch_size}")
         self.total = config.max_steps or config.epochs * self.steps_per_epoch
         self.ddp = wrap(self.model, world)
         self.optimizer = adamw(self.model, config.lr, config.weight_decay, fused=world.device.type == "cuda")
@@ -161,12 +167,20 @@ class Trainer:
             self.log({"step": self.state["step"], "epoch": self.state["epoch"], **{f"validation_{k}": v for k, v in metrics.items()}})
             if self.is_better(metrics[self.config.metric]):
                 self.state["best"] = metrics[self.config.metric]
-                if self.save is not None:
-                    self.save(unwrap(self.ddp), self.out)
+                if self.out is None and self.save is not None:
+                    self.save(unwrap(self.ddp), None)
+                elif self.save is not None:
+                    self.save_best(unwrap(self.ddp))
             if self.out is not None:
                 checkpoint.save_atomic(self.checkpoint(busy), self.out / "checkpoint.pt")
         barrier(self.world)
         return self.state["step"]
+
+    def save_best(self, model: nn.Module) -> None:
+        """`save` into a staging folder, then published into `out` with the run's identity (io/manifest.py)."""
+        need = 2 * sum(t.numel() * t.element_size() for t in model.state_dict().values())  # the files, and room to spare
+        with manifest.publish(self.out, derived_from=self.identity, need=need) as stage:
+            self.save(model, stage)
 
     def checkpoint(self, busy: float) -> dict:
         return {
@@ -180,39 +194,70 @@ class Trainer:
             "identity": self.identity,
         }
 
-    def check_same_run(self, ckpt: dict) -> None:
+    def check_same_run(self, ckpt: dict, anyway: bool = False) -> None:
         """Refuse to continue a checkpoint under other options: a new --steps builds a new learning-rate
-        schedule, a new --lr or --batch-size another optimisation, a new --data another run, all without a word."""
+        schedule, a new --lr or --batch-size another optimisation, a new --data another run, all without a word.
+        `anyway` (--resume-anyway) continues, listing the changes on stderr."""
         saved = {**{f"identity {k}": v for k, v in ckpt.get("identity", {}).items()}, **ckpt.get("config", {})}
         now = {**{f"identity {k}": v for k, v in self.identity.items()}, **asdict(self.config)}
         changed = [f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(saved.keys() | now.keys())
                    if k not in RESUME_IGNORES and saved.get(k) != now.get(k)]  # fmt: skip
-        if changed:
-            raise ValueError(f"{self.out / 'checkpoint.pt'} was written by a run with other options: {', '.join(changed)}; "
-                             "rerun with the same options, or start a new --out")  # fmt: skip
+        if changed and anyway:
+            print(f"resuming anyway, with changed options: {', '.join(changed)}", file=sys.stderr)
+        elif changed:
+            raise InputError(f"{self.out / 'checkpoint.pt'} was written by a run with other options: {', '.join(changed)}; "
+                             "rerun with the same options, start a new --out, or pass --resume-anyway")  # fmt: skip
 
-    def resume(self) -> None:
+    def resume(self, anyway: bool = False) -> None:
+        if not (self.out / "checkpoint.pt").is_file():
+            raise InputError(f"{self.out}: no checkpoint.pt to resume from (a run writes it at its first evaluation); "
+                             "start the run again, with --overwrite if the folder holds its log")  # fmt: skip
+        manifest.verify(self.out, "checkpoint.pt")
         ckpt = checkpoint.load(self.out / "checkpoint.pt")
-        self.check_same_run(ckpt)
-        unwrap(self.ddp).load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        self.check_same_run(ckpt, anyway)
+        try:
+            unwrap(self.ddp).load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            self.scaler.load_state_dict(ckpt["scaler"])
+            checkpoint.set_rng_state(ckpt["rng"])
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as err:
+            raise InputError(f"{self.out / 'checkpoint.pt'}: does not fit this run ({type(err).__name__}: {' '.join(str(err).split())[:300]})") from None
+        if set(ckpt["state"]) != set(self.state) or not all(isinstance(ckpt["state"][k], int) for k in ("step", "epoch", "position")):
+            raise InputError(f"{self.out / 'checkpoint.pt'}: its state {ckpt['state']!r} is not a trainer's ({', '.join(self.state)})")
         self.state = ckpt["state"]
-        checkpoint.set_rng_state(ckpt["rng"])
-        if self.world.is_main and (self.out / "metrics.jsonl").is_file():  # drop lines the killed run wrote after it
-            lines = (self.out / "metrics.jsonl").read_text().splitlines()
-            kept = [line for line in lines if json.loads(line)["step"] <= self.state["step"]]
-            (self.out / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
+        if self.world.is_main and (self.out / "metrics.jsonl").is_file():
+            self.truncate_log(self.out / "metrics.jsonl")
+
+    def truncate_log(self, path: Path) -> None:
+        """Drop the log lines that the killed run wrote after its checkpoint, and a last line a kill tore."""
+        lines = path.read_text(encoding="utf-8").splitlines()
+        kept = []
+        for number, line in enumerate(lines, 1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                if number == len(lines):
+                    break  # torn by the kill mid-write
+                raise InputError(f"{path}:{number}: not a JSON line; the log was edited or damaged: repair or delete that line") from None
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                raise InputError(f"{path}:{number}: expected a JSON object with an integer step, found {line[:80]!r}")
+            if row["step"] <= self.state["step"]:
+                kept.append(line)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        os.replace(tmp, path)
 
     # ---- the loop ---------------------------------------------------------------------------------------
-    def fit(self, resume: bool = False) -> dict:
+    def fit(self, resume: bool = False, anyway: bool = False) -> dict:
+        """Train to the end; `resume` continues from out/checkpoint.pt, `anyway` even under changed options."""
         if resume and self.out is None:
-            raise ValueError("resume=True needs the run folder of a checkpoint.pt, but TrainConfig.out is None; set out to that folder")
-        if self.out is not None:
+            raise InputError("resume=True needs the run folder of a checkpoint.pt, but TrainConfig.out is None; set out to that folder")
+        if self.out is not None and self.world.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            manifest.remove_leftovers(self.out)  # what a killed save left behind
         if resume:
-            self.resume()
+            self.resume(anyway)
         elif self.world.is_main and self.out is not None:
             (self.out / "metrics.jsonl").unlink(missing_ok=True)
         s, cfg = self.state, self.config
