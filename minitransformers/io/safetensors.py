@@ -35,6 +35,9 @@ DTYPES = {
 }  # fmt: skip
 NAMES = {dtype: name for name, dtype in DTYPES.items()}
 MAX_HEADER = 100_000_000  # the reference implementation's limit on the JSON header, in bytes
+# A checkpoint holds a few thousand tensors at most (a shard of Llama 3 405B: about 1,100); a header of a million
+# tiny entries would take a minute and gigabytes to read, so more than this is refused before the JSON is parsed.
+MAX_TENSORS = 100_000
 
 
 def unique_keys(pairs: list[tuple]) -> dict:
@@ -55,8 +58,12 @@ def _read_header(path: Path, f) -> tuple[dict, dict, int]:
         raise InputError(f"{path}: header length {n} exceeds the {MAX_HEADER}-byte limit; is this a safetensors file?")
     if 8 + n > size:
         raise InputError(f"{path}: header length {n} needs {8 + n} bytes but the file has {size}; is it truncated?")
+    raw = f.read(n)
+    entries = raw.count(b'"data_offsets"')
+    if entries > MAX_TENSORS:
+        raise InputError(f"{path}: header lists {entries:,} tensors, more than the {MAX_TENSORS:,} a checkpoint has; is this a safetensors file?")
     try:
-        header = json.loads(f.read(n).decode("utf-8"), object_pairs_hook=unique_keys)
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=unique_keys)
     except (ValueError, RecursionError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise InputError(f"{path}: header is not valid UTF-8 JSON ({type(err).__name__}: {err})") from None
     if not isinstance(header, dict):
@@ -113,6 +120,7 @@ def load_file(path: str | Path) -> dict[str, torch.Tensor]:
         data_len = os.fstat(f.fileno()).st_size - start
         spans = {name: _check_entry(path, name, entry, data_len) for name, entry in entries.items()}
         _check_tiling(path, spans, data_len)
+        check_memory(path, data_len)
         tensors = {}
         for name, (dtype, shape, begin, end) in spans.items():
             chunk = bytearray(end - begin)  # a fresh buffer for each tensor, read straight from the file
@@ -124,6 +132,22 @@ def load_file(path: str | Path) -> dict[str, torch.Tensor]:
                 raise InputError(f"{path}: tensor {name!r} is BOOL but holds byte {flat.max().item()}, expected 0 or 1")
             tensors[name] = flat.view(dtype).reshape(shape)
     return tensors
+
+
+def available_memory() -> int:
+    """Bytes this machine can still give (Linux's MemAvailable), or no limit where /proc/meminfo is missing."""
+    try:
+        line = next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return 2**63
+    return int(line.split()[1]) * 1024
+
+
+def check_memory(path: Path, need: int) -> None:
+    """Refuse, before reading, tensors larger than the memory left (a sparse file can claim a terabyte)."""
+    free = available_memory()
+    if need > free:
+        raise InputError(f"{path}: its tensors need {need / 2**30:.1f} GiB, but {free / 2**30:.1f} GiB of memory is available")
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
