@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .errors import InputError
+from .io.hf import read_json
 
 # HF activation names -> the GELU variant they denote. "gelu" is the exact erf form; "gelu_new" and
 # "gelu_pytorch_tanh" are the tanh approximation of Hendrycks & Gimpel 2016, eq. in section 2.
@@ -150,11 +151,7 @@ class EncoderConfig:
     @classmethod
     def from_json(cls, path: str | Path, **overrides) -> EncoderConfig:
         path = Path(path)
-        try:
-            hf = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
-            raise InputError(f"{path}: cannot read an HF config.json ({err})") from err
-        return cls.from_hf(hf, path, **overrides)
+        return cls.from_hf(read_json(path, "an HF config.json"), path, **overrides)
 
     def to_json(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_hf(), indent=2) + "\n", encoding="utf-8")

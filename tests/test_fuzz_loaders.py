@@ -4,7 +4,8 @@ hundreds of MiB. 300 mutations here (50 a target), 3,000 in `make test-slow`.
 
 Targets: a safetensors file (io/safetensors.load_file), a classifier folder's config.json and model.safetensors
 (SequenceClassifier.from_pretrained), an adapter folder (load_classifier), a quantized folder (load_quantized), a
-checkpoint.pt (train/checkpoint.load) and a GGUF file (CausalLM.from_pretrained). Folders are fuzzed without their
+checkpoint.pt (train/checkpoint.load) and a GGUF file (CausalLM.from_pretrained); a model that loads must then run
+on a batch (`classify`, `continue_text`), so that "loads, then fails at the first prediction" is a finding too. Folders are fuzzed without their
 manifest.json, so that the loaders' own checks are what is tested; with the manifest every byte change is refused
 by it (tests/test_manifest.py). Mutations: flip, zero or set random bytes; truncate; append; and for JSON files,
 replace a random value with one of another type or an absurd size, delete a key, or write the text back with a
@@ -72,7 +73,8 @@ def mutate_json(text: str, rng: random.Random) -> str:
 
 @pytest.fixture(scope="module")
 def targets(tmp_path_factory):
-    """name -> (the pristine files, the file names to mutate, the loader of a mutated copy)."""
+    """name -> (the pristine files, the file names to mutate, the loader of a mutated copy, and what to do with what it
+    loaded: `classify` or `continue_text`, or nothing)."""
     root = tmp_path_factory.mktemp("fuzz")
     tiny = make_tiny(root / "tiny")
     run = root / "run"
@@ -88,13 +90,30 @@ def targets(tmp_path_factory):
         (folder / "manifest.json").unlink()
     shutil.copy(run / "checkpoint.pt", root / "checkpoint.pt")
     return {
-        "safetensors": (root / "st", ["x.safetensors"], lambda d: load_file(d / "x.safetensors")),
-        "classifier": (run, ["config.json", "model.safetensors"], SequenceClassifier.from_pretrained),
-        "adapter": (root / "adapter", ["adapter.json", "adapter.safetensors"], load_classifier),
-        "quantized": (root / "quantized", ["quantization.json", "quantized.safetensors", "config.json"], load_quantized),
-        "checkpoint": (root, ["checkpoint.pt"], lambda d: checkpoint.load(d / "checkpoint.pt")),
-        "gguf": (root / "gguf", ["m.gguf"], lambda d: CausalLM.from_pretrained(d / "m.gguf")),
+        "safetensors": (root / "st", ["x.safetensors"], lambda d: load_file(d / "x.safetensors"), None),
+        "classifier": (run, ["config.json", "model.safetensors"], SequenceClassifier.from_pretrained, classify),
+        "adapter": (root / "adapter", ["adapter.json", "adapter.safetensors"], load_classifier, classify),
+        "quantized": (root / "quantized", ["quantization.json", "quantized.safetensors", "config.json"], load_quantized, classify),
+        "checkpoint": (root, ["checkpoint.pt"], lambda d: checkpoint.load(d / "checkpoint.pt"), None),
+        "gguf": (root / "gguf", ["m.gguf"], lambda d: CausalLM.from_pretrained(d / "m.gguf"), continue_text),
     }
+
+
+@torch.no_grad()
+def classify(model: SequenceClassifier) -> None:
+    """What a loaded classifier is for: logits (B, labels) for a padded batch. Loading is not enough: a layout or a
+    tensor that its layers cannot compute with must be refused at load, not at the first prediction. (The logits
+    may be inf: a mutated float byte can make a weight 1e38, which is finite, so it loads.)"""
+    ids = torch.randint(0, model.encoder.embeddings.word.num_embeddings, (2, 7))
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3])
+    assert model.eval()(ids, mask).shape == (2, len(model.labels))
+
+
+@torch.no_grad()
+def continue_text(model: CausalLM) -> None:
+    """What a loaded causal LM is for: next-token logits (B, T, vocabulary)."""
+    ids = torch.randint(0, model.config.vocab_size, (2, 5))
+    assert model.eval()(ids).shape == (2, 5, model.config.vocab_size)
 
 
 def status_kib(field: str) -> int:
@@ -113,7 +132,7 @@ def fuzz(targets, tmp_path, count: int, seed: int) -> dict:
     """`count` mutations of each target; -> the outcomes, the slowest rejection and the largest growth of the
     resident memory during one load (MiB)."""
     stats = {"loaded": 0, "refused": 0, "slowest_s": 0.0, "slowest": "", "peak_mb": 0.0}
-    for name, (source, files, load) in targets.items():
+    for name, (source, files, load, use) in targets.items():
         for i in range(count):
             rng = random.Random(f"{seed}-{name}-{i}")
             work = tmp_path / f"{name}{i}"
@@ -124,15 +143,21 @@ def fuzz(targets, tmp_path, count: int, seed: int) -> dict:
             base = reset_peak_rss()
             start = time.perf_counter()
             try:
-                load(work)
+                loaded = load(work)
                 stats["loaded"] += 1
             except (InputError, FileNotFoundError):  # the CLI prints both as one line (a FileNotFoundError names the missing file)
                 stats["refused"] += 1
+                loaded = None
             except Exception as err:  # noqa: BLE001  # the finding: anything but the project's own error
                 pytest.fail(f"{name} mutation {i} (seed {seed}) of {file.name}: {type(err).__name__}: {err}")
             finally:
                 seconds = time.perf_counter() - start
                 peak = (status_kib("VmHWM") - base) / 2**10
+            if loaded is not None and use is not None:
+                try:
+                    use(loaded)
+                except Exception as err:  # noqa: BLE001  # loaded, then unusable: a check that load lacks
+                    pytest.fail(f"{name} mutation {i} (seed {seed}) of {file.name} loaded, then failed in use: {type(err).__name__}: {err}")
             if seconds > stats["slowest_s"]:
                 stats["slowest_s"], stats["slowest"] = seconds, f"{name} {i} ({file.name})"
             stats["peak_mb"] = max(stats["peak_mb"], peak)

@@ -28,7 +28,7 @@ import torch
 
 from ..errors import InputError
 from . import manifest
-from .safetensors import load_file, save_file
+from .safetensors import load_file, save_file, unique_keys
 
 # Buffers that older checkpoints saved alongside the weights; they hold no learned values.
 IGNORED_KEYS = {"embeddings.position_ids"}
@@ -114,12 +114,17 @@ def check_values(path, tensors: dict[str, torch.Tensor]) -> None:
             raise InputError(f"{path}: tensor {name!r} holds {bad} NaN or inf value(s) of {t.numel()}; the weights are damaged or the training diverged")
 
 
-def check_layer_count(hf_state: dict, num_layers: int, path) -> None:
-    """config.json's layer count against the layers the weights hold, before a model of that size is built."""
-    found = {int(m.group(1)) for k in strip_prefix(hf_state) if (m := re.match(r"encoder\.layer\.(\d+)\.", k))}
-    if found != set(range(num_layers)):
+def check_layer_count(hf_state: dict, num_layers: int, path, prefix: str = "encoder.layer.", count: str | None = None, fewer_ok: bool = False) -> None:
+    """A layer count against the layers the weights hold (names `prefix`{i}.…), before a model of that size, or its
+    map of names, is built: config.json's num_hidden_layers in the folder `path`, or the `count` of the file `path`
+    (a GGUF file's metadata llama.block_count). With `fewer_ok` only a count above the layers held fails (a strict
+    key check then names the surplus tensors)."""
+    found = {int(m.group(1)) for k in strip_prefix(hf_state) if (m := re.match(rf"{re.escape(prefix)}(\d+)\.", k))}
+    exact = len(found) == num_layers and (not found or max(found) == num_layers - 1)  # distinct ints ≥ 0: so exactly 0 … n−1
+    if not (exact or fewer_ok and num_layers < len(found)):
         held = f"{len(found)} layers" + (f" numbered {min(found)} … {max(found)}" if found else "")
-        raise InputError(f"{Path(path) / 'config.json'}: num_hidden_layers is {num_layers}, but the weights hold {held}; does config.json belong to these weights?")
+        where, hint = (f"{path}: {count}", "is the file damaged?") if count else (f"{Path(path) / 'config.json'}: num_hidden_layers", "does config.json belong to these weights?")
+        raise InputError(f"{where} is {num_layers}, but the weights hold {held}; {hint}")
 
 
 def materialize(model: torch.nn.Module) -> torch.nn.Module:
@@ -175,14 +180,32 @@ def classifier_to_hf(state: dict[str, torch.Tensor], num_layers: int) -> dict[st
     return {**{f"bert.{k}": v for k, v in to_hf(encoder, num_layers).items()}, **head}
 
 
+# A config.json holds hundreds of values, an id2label of 100,000 classes 200,000. Python's json takes 30 to 60 bytes a
+# value from as little as 3 bytes of text ("[],"), so a large file of tiny values would take gigabytes: it is refused
+# from a count made before parsing, of the commas and colons that precede every value but a container's first.
+MAX_JSON_VALUES = 1_000_000
+
+
+def read_json(path: Path, what: str):
+    """A small JSON file that a loader reads (config.json, adapter.json, quantization.json), each object's keys distinct;
+    an InputError naming the file and `what` it should be if it cannot be read, is too large or is not JSON."""
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise InputError(f"{path}: cannot read {what} ({err})") from None
+    if (values := raw.count(b",") + raw.count(b":")) > MAX_JSON_VALUES:
+        raise InputError(f"{path}: holds about {values:,} JSON values, more than the {MAX_JSON_VALUES:,} of {what}; is it the right file?")
+    try:
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=unique_keys)
+    except (ValueError, RecursionError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors, as is a repeated key
+        raise InputError(f"{path}: cannot read {what} ({type(err).__name__}: {err})") from None
+
+
 def read_config(path: str | Path) -> dict:
     """The config.json of an HF folder, as a dict."""
     manifest.verify(path, "config.json")
     path = Path(path) / "config.json"
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"{path}: cannot read an HF config.json ({err})") from err
+    config = read_json(path, "an HF config.json")
     if not isinstance(config, dict):
         raise InputError(f"{path}: is a JSON {type(config).__name__}, expected an object of hyperparameters")
     return config

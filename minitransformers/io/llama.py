@@ -35,7 +35,7 @@ import torch
 
 from ..errors import InputError
 from .gguf import GGUFFile
-from .hf import check_keys, check_values
+from .hf import check_keys, check_layer_count, check_values
 
 # ours -> (llama.cpp, transformers), per layer and for the whole model; each name ends in ".weight"
 _LAYER = {
@@ -145,6 +145,7 @@ def _expected(names: dict[str, str], config) -> dict[str, torch.Tensor]:
 def _checked_gguf(f: GGUFFile) -> tuple[dict, list[tuple[str, str, int | None]]]:
     """(hyperparameters, [(our name, its GGUF name, n_head to unpermute by or None)]) after checking every name."""
     config = config_from_gguf(f)
+    check_layer_count(f.tensors, config["num_layers"], f.path, "blk.", "metadata llama.block_count", fewer_ok=True)  # before a map of that many names
     names = weight_map(config["num_layers"], config["tie_word_embeddings"], "gguf")
     what = f"a {config['num_layers']}-layer Llama"
     check_keys(f.tensors, _expected(names, config), f.path, what, "is this a llama GGUF file with this metadata?")
@@ -185,6 +186,7 @@ def from_hf(hf_state: Mapping[str, torch.Tensor], config, path="state dict") -> 
         head, embed = hf_state.pop("lm_head.weight"), hf_state.get("model.embed_tokens.weight")
         if embed is not None and not torch.equal(head, embed):
             raise InputError(f"{path}: lm_head.weight differs from model.embed_tokens.weight, but tie_word_embeddings is set")
+    check_layer_count(hf_state, c["num_layers"], path, "model.layers.", fewer_ok=True)  # before a map of that many names
     names = weight_map(c["num_layers"], c["tie_word_embeddings"], "hf")
     check_keys(hf_state, _expected(names, c), path, f"a {c['num_layers']}-layer Llama", "is this a LlamaForCausalLM checkpoint with this config?")
     return {ours: hf_state[theirs] for ours, theirs in names.items()}

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import reprlib  # repr cut short: a message stays one line whatever a header holds
 import secrets
 import struct
 from pathlib import Path
@@ -38,14 +39,20 @@ MAX_HEADER = 100_000_000  # the reference implementation's limit on the JSON hea
 # A checkpoint holds a few thousand tensors at most (a shard of Llama 3 405B: about 1,100); a header of a million
 # tiny entries would take a minute and gigabytes to read, so more than this is refused before the JSON is parsed.
 MAX_TENSORS = 100_000
+# Python's json holds each value as an object of 30 to 60 bytes, from as little as 3 bytes of text ("[],"): 99 MB of
+# header is 3 GB and 20 s. Each value but the first of a container follows a comma or a colon, which no escape can
+# hide, so counting those bounds the parse. An entry takes about 10 ("name":{"dtype":…,"shape":[…],"data_offsets":[b,e]}).
+MAX_VALUES = 20 * MAX_TENSORS
 
 
 def unique_keys(pairs: list[tuple]) -> dict:
     """A JSON object whose keys are all different: with a repeated tensor name json.loads would keep the last."""
-    keys = [k for k, _ in pairs]
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"the key {next(k for k in keys if keys.count(k) > 1)!r} is repeated")
-    return dict(pairs)
+    obj = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ValueError(f"the key {reprlib.repr(key)} is repeated")
+        obj[key] = value
+    return obj
 
 
 def _read_header(path: Path, f) -> tuple[dict, dict, int]:
@@ -62,6 +69,9 @@ def _read_header(path: Path, f) -> tuple[dict, dict, int]:
     entries = raw.count(b'"data_offsets"')
     if entries > MAX_TENSORS:
         raise InputError(f"{path}: header lists {entries:,} tensors, more than the {MAX_TENSORS:,} a checkpoint has; is this a safetensors file?")
+    values = raw.count(b",") + raw.count(b":")  # in strings they only overcount
+    if values > MAX_VALUES:
+        raise InputError(f"{path}: header holds about {values:,} JSON values, more than the {MAX_VALUES:,} of {MAX_TENSORS:,} tensors; is this a safetensors file?")
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=unique_keys)
     except (ValueError, RecursionError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
@@ -70,23 +80,23 @@ def _read_header(path: Path, f) -> tuple[dict, dict, int]:
         raise InputError(f"{path}: header is a JSON {type(header).__name__}, expected an object")
     metadata = header.pop("__metadata__", {})
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise InputError(f"{path}: __metadata__ must map strings to strings, found {metadata!r}")
+        raise InputError(f"{path}: __metadata__ must map strings to strings, found {reprlib.repr(metadata)}")
     return header, metadata, 8 + n
 
 
 def _check_entry(path: Path, name: str, entry, data_len: int) -> tuple[torch.dtype, list[int], int, int]:
     """Check one header entry against the data section; return (dtype, shape, begin, end)."""
     if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
-        raise InputError(f"{path}: tensor {name!r} needs dtype, shape and data_offsets, found {entry!r}")
+        raise InputError(f"{path}: tensor {name!r} needs dtype, shape and data_offsets, found {reprlib.repr(entry)}")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
     if not isinstance(dtype, str) or dtype not in DTYPES:
-        raise InputError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}; known: {sorted(DTYPES)}")
+        raise InputError(f"{path}: tensor {name!r} has unknown dtype {reprlib.repr(dtype)}; known: {sorted(DTYPES)}")
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-        raise InputError(f"{path}: tensor {name!r} has shape {shape!r}, expected a list of non-negative ints")
+        raise InputError(f"{path}: tensor {name!r} has shape {reprlib.repr(shape)}, expected a list of non-negative ints")
     if math.prod(max(d, 1) for d in shape) >= 2**63:  # only a zero-size tensor gets this far past the byte count
         raise InputError(f"{path}: tensor {name!r} has shape {shape}, too large for torch's 64-bit strides")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int and o >= 0 for o in offsets)):
-        raise InputError(f"{path}: tensor {name!r} has data_offsets {offsets!r}, expected [begin, end] of non-negative ints")
+        raise InputError(f"{path}: tensor {name!r} has data_offsets {reprlib.repr(offsets)}, expected [begin, end] of non-negative ints")
     begin, end = offsets
     if begin > end:
         raise InputError(f"{path}: tensor {name!r} has data_offsets [{begin}, {end}], whose begin is after its end")

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
-from ..config import EncoderConfig
+from ..config import EncoderConfig, naming
 from ..io import hf
 from .encoder import Encoder, Pooler
 
@@ -58,6 +58,20 @@ def pool(hidden, attention_mask, kind: str, pooler: Pooler | None = None) -> tor
             raise InputError("pooling 'pooler' needs BERT's pooler weights, and this encoder has none")
         return pooler(hidden)
     raise InputError(f"unknown pooling {kind!r}; use one of {POOLING}")
+
+
+def head_config(hf_config: dict, path) -> dict:
+    """The head's part of a classifier folder's config.json, checked, naming the file: the labels (hf.labels_of), our
+    "pooling" key ("pooler" when absent) and classifier_dropout (null: the encoder's hidden dropout, as in
+    transformers); as SequenceClassifier's keyword arguments."""
+    where = Path(path) / "config.json"
+    pooling, dropout = hf_config.get("pooling", "pooler"), hf_config.get("classifier_dropout")
+    if pooling not in POOLING:
+        raise InputError(f"{where}: pooling {pooling!r} is not one of {POOLING}")
+    if dropout is not None and not (type(dropout) in (int, float) and 0 <= dropout < 1):
+        raise InputError(f"{where}: classifier_dropout {dropout!r} should be a number in [0, 1), or null for the encoder's dropout")
+    labels = hf.labels_of(hf_config, path)
+    return {"num_labels": len(labels), "pooling": pooling, "dropout": dropout, "labels": labels}
 
 
 class SequenceClassifier(nn.Module):
@@ -106,11 +120,11 @@ class SequenceClassifier(nn.Module):
         hf_config = hf.read_config(path)
         config = EncoderConfig.from_hf(hf_config, Path(path) / "config.json", **config_overrides)
         encoder_state, head = hf.split_classifier(hf.read_weights(path), path)
-        labels = hf.labels_of(hf_config, path)
+        head_options = head_config(hf_config, path)
         hf.check_layer_count(encoder_state, config.num_layers, path)
-        with torch.device("meta"):  # shapes only, checked against the weights before anything is allocated
+        with torch.device("meta"), naming(Path(path) / "config.json"):  # shapes only, checked against the weights before anything is allocated
             encoder = Encoder(config, add_pooler=hf.has_pooler(encoder_state)).resize_layers(hf.layer_widths(encoder_state, config.num_layers))
-            model = cls(encoder, len(labels), hf_config.get("pooling", "pooler"), hf_config.get("classifier_dropout"), labels)
+            model = cls(encoder, **head_options)
         state = hf.classifier_to_ours(encoder_state, head, config.num_layers, model.state_dict(), path)
         model = hf.materialize(model)
         model.load_state_dict(state)

@@ -86,15 +86,18 @@ def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
 
 
-def load_trainable_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
-    """Load a `trainable_state_dict` onto a base prepared the same way; the names must match exactly."""
+def load_trainable_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source="the saved state") -> nn.Module:
+    """Load a `trainable_state_dict` onto a base prepared the same way; the names and shapes must match exactly.
+    An InputError names `source` (the file the state came from) and the names that differ."""
     if merged := [n for n, m in model.named_modules() if getattr(m, "merged", False)]:
         raise RuntimeError(f"layers {merged[:3]} are merged: new weights would leave the old update inside W; unmerge them first")
-    expected = {name for name, p in model.named_parameters() if p.requires_grad}
-    if missing := expected - state.keys():
-        raise KeyError(f"the saved state lacks {sorted(missing)[:5]}; was the model prepared with the same method and options?")
-    if unexpected := state.keys() - expected:
-        raise KeyError(f"the saved state has {sorted(unexpected)[:5]}, which this model does not train")
+    expected = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    if missing := expected.keys() - state.keys():
+        raise InputError(f"{source} lacks {sorted(missing)[:5]}; was the model prepared with the same method and options?")
+    if unexpected := state.keys() - expected.keys():
+        raise InputError(f"{source} has {sorted(unexpected)[:5]}, which this model does not train")
+    if wrong := [f"{k}: saved {tuple(state[k].shape)}, model {tuple(p.shape)}" for k, p in expected.items() if state[k].shape != p.shape]:
+        raise InputError(f"{source} has mis-shaped tensors {wrong[:5]}; was the model prepared with the same method and options?")
     model.load_state_dict(state, strict=False)
     return model
 

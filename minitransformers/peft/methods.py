@@ -28,6 +28,7 @@ import json
 from dataclasses import asdict, fields
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from ..errors import InputError
@@ -134,24 +135,33 @@ def load_classifier(path: str | Path, base: str | Path | None = None) -> Sequenc
     if config["method"] == "prompt":
         options = {**options, "init": "random"}  # any start will do: the saved prompt replaces it
     try:
-        apply_method(model, config["method"], options)
+        expected = trained_shapes(model, config["method"], options)
     except (TypeError, ValueError, KeyError, AttributeError) as err:  # an option of the wrong type or range
         raise InputError(f"{path / CONFIG_FILE}: options {options} do not build {config['method']} ({type(err).__name__}: {err})") from None
     tensors = load_file(path / WEIGHTS_FILE)
-    hf.check_values(path / WEIGHTS_FILE, tensors)
-    try:
-        return load_trainable_state_dict(model, tensors)
-    except (KeyError, RuntimeError) as err:  # names missing from, or not trained by, this method; or mis-shaped
-        raise InputError(f"{path / WEIGHTS_FILE}: does not fit {config['method']} over {base} ({' '.join(str(err).split())[:300]})") from None
+    hint = f"was it trained over {base} with the options of {CONFIG_FILE}?"
+    hf.check_keys(tensors, expected, path / WEIGHTS_FILE, f"{config['method']} over {base}", hint)  # names, shapes, finite floats
+    apply_method(model, config["method"], options)  # the dry run's code, now over real tensors of the sizes just checked
+    return load_trainable_state_dict(model, tensors, path / WEIGHTS_FILE)
+
+
+def trained_shapes(model: SequenceClassifier, method: str, options: dict) -> dict[str, torch.Tensor]:
+    """What `method` with `options` trains over `model`: name -> an empty tensor of its shape, from a dry run on a copy
+    on the meta device, which allocates nothing, so that a saved adapter is checked against it before a rank of 10⁹
+    allocates. QLoRA trains exactly LoRA's A and B with its options (its NF4 base, which the meta device cannot
+    compute, is frozen), so its dry run is LoRA's."""
+    if method == "qlora":
+        method, options = "lora", {k: v for k, v in asdict(method_config("qlora", options)).items() if k != "double_quant"}
+    meta = copy.deepcopy(model).to("meta")
+    with torch.device("meta"):
+        apply_method(meta, method, options)
+    return {name: p for name, p in meta.named_parameters() if p.requires_grad}
 
 
 def read_adapter_config(path: Path) -> dict:
     """adapter.json, checked: a known method other than full, options that are its dataclass's fields, the base
     folder as a string, the labels as a list of names, a known pooling and a dropout in [0, 1)."""
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"{path}: not valid JSON ({err})") from None
+    config = hf.read_json(path, "an adapter folder's adapter.json")
     kinds = {"method": str, "options": dict, "base_model": str, "labels": list, "pooling": str, "classifier_dropout": (int, float)}
     if not isinstance(config, dict) or any(not isinstance(config.get(k), kind) for k, kind in kinds.items()):
         found = {k: type(config.get(k)).__name__ for k in kinds} if isinstance(config, dict) else type(config).__name__

@@ -132,8 +132,11 @@ DYNAMIC_CODEBOOK = dynamic_codebook()
 
 
 @functools.cache
+@torch.compiler.assume_constant_result
 def dynamic_codebook_on(device: torch.device) -> torch.Tensor:
-    """DYNAMIC_CODEBOOK on `device`, copied once per device: the 4-bit kernels read it at every call."""
+    """DYNAMIC_CODEBOOK on `device`, copied once per device: the 4-bit kernels read it at every call. torch.compile
+    ignores functools.cache and would trace the copy, putting the CPU table among a compiled decode step's inputs
+    (and the step out of its CUDA graph); marked constant, the table is a constant of the graph instead."""
     return DYNAMIC_CODEBOOK.to(device)
 
 

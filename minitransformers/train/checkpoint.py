@@ -16,6 +16,7 @@ import pickle
 import random
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,7 @@ def save_atomic(obj, path: str | Path) -> None:
 
 # What Trainer.checkpoint writes: key -> the kind of value resume needs there.
 PARTS = {"model": dict, "optimizer": dict, "scheduler": dict, "scaler": dict, "state": dict, "rng": dict, "config": dict}
+RNG_PARTS = {"python": tuple, "numpy": dict, "torch": torch.Tensor, "cuda": list}  # rng_state's, as set_rng_state reads them
 
 
 def load(path: str | Path) -> dict:
@@ -94,14 +96,27 @@ def load(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint to resume from; drop --resume to start a new run")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns of a foreign pickle's protocol before refusing it: the error says it in one line
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise InputError(f"{path}: not a minitransformers checkpoint (unsafe or foreign pickle refused; nothing in it was run)") from None
-    except (EOFError, RuntimeError, OSError, ValueError, KeyError, IndexError, TypeError) as err:
+    except Exception as err:  # noqa: BLE001  # torch's zip reader and unpickler raise a dozen kinds on damaged bytes (EOFError, RuntimeError, AssertionError, …): all mean this
         raise InputError(f"{path}: not a readable checkpoint ({type(err).__name__}: {' '.join(str(err).split())[:200]}); is it torn or damaged?") from None
     if not isinstance(ckpt, dict):
         raise InputError(f"{path}: holds a {type(ckpt).__name__}, not a checkpoint's dict; is it a minitransformers checkpoint?")
-    wrong = [f"{key} ({'missing' if key not in ckpt else type(ckpt[key]).__name__})" for key, kind in PARTS.items() if not isinstance(ckpt.get(key), kind)]
+    wrong = misfits(ckpt, PARTS)
+    if not wrong:  # one level down: what set_rng_state and load_state_dict would otherwise fail on halfway through a resume
+        rng = ckpt["rng"]
+        wrong = [f"rng.{part}" for part in misfits(rng, RNG_PARTS)]
+        if not wrong and not isinstance(rng["numpy"].get("keys"), torch.Tensor):
+            wrong = [f"rng.numpy.keys ({type(rng['numpy'].get('keys')).__name__})"]
+        wrong += [f"model.{k} ({type(v).__name__})" for k, v in ckpt["model"].items() if not isinstance(v, torch.Tensor)][:3]
     if wrong:
-        raise InputError(f"{path}: not a whole minitransformers checkpoint: {', '.join(wrong)}; expected {', '.join(PARTS)}")
+        raise InputError(f"{path}: not a whole minitransformers checkpoint: {', '.join(wrong)}; expected {', '.join(PARTS)}, as Trainer.checkpoint writes them")
     return ckpt
+
+
+def misfits(found: dict, kinds: dict) -> list[str]:
+    """'key (missing)' or 'key (the type found)' for each key of `kinds` whose value in `found` is not of its kind."""
+    return [f"{key} ({'missing' if key not in found else type(found[key]).__name__})" for key, kind in kinds.items() if not isinstance(found.get(key), kind)]
