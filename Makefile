@@ -42,7 +42,7 @@ experiment: $(STAMP_EXPERIMENTS)
 bench: $(STAMP)
 	$(PY) experiments/train_bench.py
 	$(PY) experiments/quant_bench.py
-	if $(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then $(PY) experiments/kernels_bench.py; else echo "kernels_bench.py: no CUDA device, skipped"; fi
+	if $(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then $(PY) experiments/kernels_bench.py && $(PY) experiments/decode_bench.py; else echo "kernels_bench.py, decode_bench.py: no CUDA device, skipped"; fi
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache runs

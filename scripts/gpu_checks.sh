@@ -6,7 +6,8 @@
 #   bash scripts/gpu_checks.sh tests                # kernel correctness matrix (about 9 minutes: a call of its own)
 #   bash scripts/gpu_checks.sh bench e2e            # kernels_bench.py (carry .whl), kernels_e2e.py
 #   bash scripts/gpu_checks.sh qlora gpu-tests      # QLoRA full profile (carry .carry, data/sentiment), other GPU tests
-#   bash scripts/gpu_checks.sh decoder              # decoder bf16/fp16 parity tests, then decode_bench.py (about 6 minutes)
+#   bash scripts/gpu_checks.sh decoder              # decoder bf16/fp16 parity tests, then decode_bench.py (about 8 minutes)
+#   bash scripts/gpu_checks.sh decode-8b            # decode_bench.py on the Llama-8B shape, batch 1 (about 4 minutes)
 #
 # bitsandbytes / torchao wheels in .whl/ are installed to /tmp/site first, if present (see the README).
 set -u
@@ -45,10 +46,14 @@ for what in "$@"; do
       stage qlora 420 python3 experiments/qlora.py --profile full --variants lora qlora qlora_no_dq --workers 9
       cp experiments/results/qlora.* "$LOG"/ 2>/dev/null
       find runs -name metrics.json | tar czf "$LOG/qlora_runs.tgz" -T - ;;  # every finished run, even after a timeout
-    decoder)  # the bench's default profile (smollm2, llama-1b; about 4 minutes) is the committed report
+    decoder)  # the bench's default profile (smollm2, llama-1b, batch 1, every mode) is one committed report
       stage decoder-tests 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_decoder_gpu.py
-      stage decode-bench 420 python3 experiments/decode_bench.py --write-reference
-      cp experiments/results/decode_bench_* "$LOG"/ 2>/dev/null ;;
+      stage decode-bench 480 python3 experiments/decode_bench.py --write-reference
+      cp experiments/results/decode_bench_nvidia_h200.* "$LOG"/ 2>/dev/null ;;
+    decode-8b)  # the 8B shape, our compiled modes only (the 8B goals set them against each other and the copy rate)
+      stage decode-8b 420 python3 experiments/decode_bench.py --configs llama-8b --write-reference \
+        --modes "ours compiled" "ours int4 compiled" "ours nf4 compiled"
+      cp experiments/results/decode_bench_*llama_8b* "$LOG"/ 2>/dev/null ;;
     gpu-tests)
       stage other-gpu-tests 150 python3 -m pytest -q -p no:cacheprovider -m gpu --ignore=tests/test_kernels_int8.py \
         --ignore=tests/test_kernels_int4.py --ignore=tests/test_decoder_gpu.py tests ;;

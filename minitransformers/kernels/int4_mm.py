@@ -355,8 +355,29 @@ def w4a16_linear_triton(
     return out.view(*lead, N)
 
 
+@torch.library.custom_op("minitransformers::w4a16_linear", mutates_args=())
+def w4a16_linear_op(
+    x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, codebook: torch.Tensor | None,
+    absmax_scale: torch.Tensor | None, absmax_offset: torch.Tensor | None, absmax_table: torch.Tensor | None,
+    bias: torch.Tensor | None, shape: list[int], group_size: int, absmax_block_size: int,
+) -> torch.Tensor:  # fmt: skip
+    """`w4a16_linear_triton` as one PyTorch operator over a Packed4Bit's fields. torch.compile treats it as opaque and
+    captures its kernels in the step's CUDA graph with the rest; traced instead, Inductor's handling of user-written
+    Triton kernels failed to compile the NF4 kernel (torch 2.11, experiments/results/kernels_notes.md)."""
+    w = Packed4Bit(packed, scale, (shape[0], shape[1]), group_size, decode=None, zero_point=zero_point, codebook=codebook,
+                   absmax_scale=absmax_scale, absmax_offset=absmax_offset, absmax_table=absmax_table, absmax_block_size=absmax_block_size)  # fmt: skip
+    return w4a16_linear_triton(x, w, bias)
+
+
+@w4a16_linear_op.register_fake
+def _(x, packed, scale, zero_point, codebook, absmax_scale, absmax_offset, absmax_table, bias, shape, group_size, absmax_block_size):
+    return x.new_empty(*x.shape[:-1], shape[0])  # (…, N)
+
+
 def w4a16_linear(x: torch.Tensor, w: Packed4Bit, bias: torch.Tensor | None) -> torch.Tensor:
-    """y = x Ŵᵀ + b, x (…, K) -> (…, N) in x's dtype. The Triton kernels on CUDA, the reference elsewhere."""
+    """y = x Ŵᵀ + b, x (…, K) -> (…, N) in x's dtype. The Triton kernels on CUDA (through `w4a16_linear_op`), the
+    reference elsewhere."""
     if triton_runs_on(x, w.packed) and w.kernel_ready:
-        return w4a16_linear_triton(x, w, bias)
+        return w4a16_linear_op(x, w.packed, w.scale, w.zero_point, w.codebook, w.absmax_scale, w.absmax_offset, w.absmax_table, bias,
+                               list(w.shape), w.group_size, w.absmax_block_size)  # fmt: skip
     return w4a16_linear_reference(x, w, bias)
