@@ -243,6 +243,13 @@ def test_sizes_in_config_json_are_checked_against_the_weights_before_the_model_i
     assert str(folder) in message and growth < 64, (growth, message)
 
 
+def test_a_num_labels_above_the_saved_head_is_refused_before_its_names_are_made(folders, tmp_path):
+    """10⁸ labels without id2label: 10⁸ names "LABEL_i" were made (gigabytes) before the head was compared."""
+    folder = edited(folders / "classifier", tmp_path, "config.json", lambda c: (c.pop("id2label"), c.pop("label2id"), c.update(num_labels=10**8)))
+    growth, message = peak_growth_mib(lambda: SequenceClassifier.from_pretrained(folder))
+    assert f"{folder / 'config.json'}: num_labels is 100000000, but the saved head has 2 rows" in message and growth < 64, growth
+
+
 def test_an_encoder_config_with_fewer_layers_than_the_weights_is_refused(tiny, tmp_path):
     folder = edited(tiny / "model", tmp_path, "config.json", set_key("num_hidden_layers", 1))
     with pytest.raises(InputError, match=r"config.json: num_hidden_layers is 1, but the weights hold 2 layers"):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+import reprlib
 from pathlib import Path
 
 import torch
@@ -211,14 +212,22 @@ def read_config(path: str | Path) -> dict:
     return config
 
 
-def labels_of(config: dict, path) -> list[str]:
+def labels_of(config: dict, path, rows: int) -> list[str]:
     """A classifier's label names, id order, from config.json's id2label ({"0": name, ...}; LABEL_i by num_labels
-    without it). Refuses keys that are not the ids 0 … K−1 and names that are not strings."""
-    id2label = config.get("id2label") or {str(i): f"LABEL_{i}" for i in range(config.get("num_labels", 2) if type(config.get("num_labels", 2)) is int else -1)}
-    if not isinstance(id2label, dict) or sorted(id2label) != sorted(str(i) for i in range(len(id2label))) or not id2label:
-        raise InputError(f"{Path(path) / 'config.json'}: id2label {str(id2label)[:100]} should map the ids \"0\" … \"K−1\" to names (num_labels a positive int)")
+    without it: at most the `rows` of the saved head, checked before that many names are made, so that a num_labels of
+    10⁸ costs nothing; the strict key check names a head of other rows). Refuses keys that are not the ids 0 … K−1
+    and names that are not strings."""
+    where = Path(path) / "config.json"
+    id2label = config.get("id2label")
+    if not id2label:
+        count = config.get("num_labels", 2)
+        if type(count) is not int or not 0 < count <= rows:
+            raise InputError(f"{where}: num_labels is {reprlib.repr(count)}, but the saved head has {rows} rows; give id2label or a num_labels of {rows}")
+        id2label = {str(i): f"LABEL_{i}" for i in range(count)}
+    if not isinstance(id2label, dict) or sorted(id2label) != sorted(str(i) for i in range(len(id2label))):
+        raise InputError(f"{where}: id2label {str(id2label)[:100]} should map the ids \"0\" … \"K−1\" to names (num_labels a positive int)")
     if not all(isinstance(name, str) for name in id2label.values()):
-        raise InputError(f"{Path(path) / 'config.json'}: id2label's names must be strings, found {list(id2label.values())[:5]}")
+        raise InputError(f"{where}: id2label's names must be strings, found {list(id2label.values())[:5]}")
     return [id2label[str(i)] for i in range(len(id2label))]
 
 

@@ -60,17 +60,21 @@ def pool(hidden, attention_mask, kind: str, pooler: Pooler | None = None) -> tor
     raise InputError(f"unknown pooling {kind!r}; use one of {POOLING}")
 
 
-def head_config(hf_config: dict, path) -> dict:
-    """The head's part of a classifier folder's config.json, checked, naming the file: the labels (hf.labels_of), our
-    "pooling" key ("pooler" when absent) and classifier_dropout (null: the encoder's hidden dropout, as in
-    transformers); as SequenceClassifier's keyword arguments."""
+def head_config(hf_config: dict, path, head: dict[str, torch.Tensor]) -> dict:
+    """The head's part of a classifier folder's config.json, checked, naming the file: the labels (hf.labels_of, one
+    per row of the saved classifier.weight or .bias, in `head`), our "pooling" key ("pooler" when absent) and
+    classifier_dropout (null: the encoder's hidden dropout, as in transformers); as SequenceClassifier's keyword
+    arguments."""
     where = Path(path) / "config.json"
+    rows = next((t.shape[0] for k in ("classifier.weight", "classifier.bias") if isinstance(t := head.get(k), torch.Tensor) and t.dim()), None)
+    if rows is None:
+        raise InputError(f"{path}: the weights lack classifier.weight and classifier.bias (they have {sorted(head)[:5]}); is this a classifier folder?")
     pooling, dropout = hf_config.get("pooling", "pooler"), hf_config.get("classifier_dropout")
     if pooling not in POOLING:
         raise InputError(f"{where}: pooling {pooling!r} is not one of {POOLING}")
     if dropout is not None and not (type(dropout) in (int, float) and 0 <= dropout < 1):
         raise InputError(f"{where}: classifier_dropout {dropout!r} should be a number in [0, 1), or null for the encoder's dropout")
-    labels = hf.labels_of(hf_config, path)
+    labels = hf.labels_of(hf_config, path, rows)
     return {"num_labels": len(labels), "pooling": pooling, "dropout": dropout, "labels": labels}
 
 
@@ -120,7 +124,7 @@ class SequenceClassifier(nn.Module):
         hf_config = hf.read_config(path)
         config = EncoderConfig.from_hf(hf_config, Path(path) / "config.json", **config_overrides)
         encoder_state, head = hf.split_classifier(hf.read_weights(path), path)
-        head_options = head_config(hf_config, path)
+        head_options = head_config(hf_config, path, head)
         hf.check_layer_count(encoder_state, config.num_layers, path)
         with torch.device("meta"), naming(Path(path) / "config.json"):  # shapes only, checked against the weights before anything is allocated
             encoder = Encoder(config, add_pooler=hf.has_pooler(encoder_state)).resize_layers(hf.layer_widths(encoder_state, config.num_layers))

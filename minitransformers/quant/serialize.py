@@ -64,7 +64,7 @@ def load_quantized(path: str | Path) -> SequenceClassifier:
     check_quantization(path, quantization, state)
     hf_config = hf.read_config(path)
     config = EncoderConfig.from_hf(hf_config, path / "config.json")
-    head_options = head_config(hf_config, path)
+    head_options = head_config(hf_config, path, {k: t for k, t in state.items() if k.startswith("classifier.")})
     hf.check_layer_count({k.replace("encoder.layers.", "encoder.layer."): v for k, v in state.items()}, config.num_layers, path)
     with torch.device("meta"):  # shapes only: the saved tensors are assigned to it below, so config.json's sizes allocate nothing
         encoder = Encoder(config, add_pooler=any(k.startswith("encoder.pooler.") for k in state))
