@@ -9,7 +9,8 @@ config and batch, in one process (--modes picks some):
     ours compiled                 the same loop with its one-token step under torch.compile(mode="reduce-overhead"), which
                                   captures it in a CUDA graph; the prefill stays eager, as in transformers' generate
     ours int4 compiled            the same, after quant.quantize_model(model, "int4", group_size=128): every untied
-                                  linear layer W4A16, 4-bit codes with an fp32 scale per 128 inputs (4.25 bits a weight),
+                                  linear layer W4A16, 4-bit codes with an fp32 scale per 128 inputs (4.25 bits a weight;
+                                  groups of 64 where a width is no multiple of 128: SmolLM2's 576, 4.5 bits),
                                   through the Triton kernels of kernels/int4_mm.py (a GEMV for B = 1, split-K up to 16
                                   rows, the tiled kernel above), captured in the step's CUDA graph with the rest
     ours nf4 compiled             the same with "nf4", block_size=64, double_quant=True (QLoRA's storage: 4.127 bits)
@@ -196,9 +197,21 @@ def models(config: DecoderConfig, device: torch.device, transformers) -> tuple[C
     return ours, theirs
 
 
-def quantized(model: CausalLM, mode: str) -> CausalLM:
-    """A copy of `model` whose untied linear layers are 4-bit as QUANTIZED[mode] says (quant.quantize_model)."""
+def quantization(mode: str, config: DecoderConfig) -> tuple[str, dict]:
+    """QUANTIZED[mode]'s method and options for `config`: int4's group halved until it divides every layer's input
+    width (SmolLM2's 576 = 4.5 × 128 takes groups of 64)."""
     method, options = QUANTIZED[mode]
+    if method == "int4":
+        group = options["group_size"]
+        while config.hidden_size % group or config.intermediate_size % group:
+            group //= 2
+        options = options | {"group_size": group}
+    return method, options
+
+
+def quantized(model: CausalLM, mode: str) -> CausalLM:
+    """A copy of `model` whose untied linear layers are 4-bit as `quantization(mode, …)` says (quant.quantize_model)."""
+    method, options = quantization(mode, model.config)
     copied = copy.deepcopy(model)
     quantize_model(copied, method, **options)
     return copied
@@ -286,7 +299,18 @@ def also(row: dict, what: str, fn) -> None:
         row["note"] = "; ".join(filter(None, [row["note"], f"{what} failed: {one_line(error)}"]))
 
 
-def bench_config(name: str, batch: int, device: torch.device, args, transformers, copy_gbps: float) -> dict:
+def peers(rows: list[dict]) -> list[dict]:
+    """Each row that has its peer (PEERS) among `rows`, both timed, gets its ratio of tokens/s to it, in place."""
+    for row in rows:
+        peer = next((r for r in rows if r["mode"] == PEERS.get(row["mode"])), {})
+        if row["status"] == "ok" and peer.get("status") == "ok":
+            row["vs_peer"], row["peer"] = row["tokens_per_s"] / peer["tokens_per_s"], peer["mode"]
+    return rows
+
+
+def bench_config(name: str, batch: int, device: torch.device, args, transformers, copy_gbps: float, save) -> None:
+    """Time every mode of args.modes on config `name` at `batch` rows; save(result) after each mode, so that a run
+    stopped from outside (a time limit) keeps the modes it finished."""
     label, config = CONFIGS[name]
     ours, theirs = models(config, device, transformers if any(m.startswith("transformers") for m in args.modes) else None)
     params = weight_bytes(ours)
@@ -294,6 +318,8 @@ def bench_config(name: str, batch: int, device: torch.device, args, transformers
     kv = int(batch * 2 * config.num_layers * config.num_kv_heads * config.head_dim * context * DTYPE.itemsize)  # K and V of B rows
     ids = torch.randint(0, config.vocab_size, (batch, PROMPT), generator=torch.Generator().manual_seed(0)).to(device)
     rows, linears, eager_tokens = [], {}, None
+    result = {"name": name, "label": label, "batch": batch, "config": dataclasses.asdict(config), "parameter_bytes": params, "kv_cache_bytes": kv,
+              "rows": rows, "linears": linears}  # fmt: skip
     for mode in args.modes:
         row = {"config": name, "batch": batch, "mode": mode}
         before, model, run = compile_counts(), None, None
@@ -311,6 +337,9 @@ def bench_config(name: str, batch: int, device: torch.device, args, transformers
                     "implied_GBps": step_bytes * steps_per_s / 1e9, "of_copy_rate": step_bytes * steps_per_s / 1e9 / copy_gbps,
                     "leading_tokens_as_ours_eager": None if eager_tokens is None else leading(tokens, eager_tokens),
                     "note": compile_note(mode, theirs, before, device)}  # fmt: skip
+            if mode in QUANTIZED:
+                method, options = quantization(mode, config)
+                row["note"] = f"{method} {options}; {row['note']}"
             if device.type == "cuda" and mode in COMPILED:
                 also(row, "the kernel profile", lambda: kernel_summary(run, args.new_tokens))
                 also(row, "timing the linear layers", lambda: {"linears": linear_times(model, batch, DTYPE, device)})
@@ -324,21 +353,16 @@ def bench_config(name: str, batch: int, device: torch.device, args, transformers
             row |= {"status": "failed", "note": one_line(error)}
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
         rows.append(row)
+        save(result | {"rows": peers(rows)})
         model = run = None
         torch.compiler.reset()  # each compiled mode starts from nothing, and its graphs' memory is freed
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    for row in rows:
-        peer = next((r for r in rows if r["mode"] == PEERS.get(row["mode"])), {})
-        if row["status"] == "ok" and peer.get("status") == "ok":
-            row["vs_peer"], row["peer"] = row["tokens_per_s"] / peer["tokens_per_s"], peer["mode"]
     del ours, theirs
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return {"name": name, "label": label, "batch": batch, "config": dataclasses.asdict(config), "parameter_bytes": params, "kv_cache_bytes": kv,
-            "rows": rows, "linears": linears}  # fmt: skip
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -385,15 +409,19 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / re.sub(r"[^a-z0-9]+", "_", f"decode_bench {device_name} {args.profile_name}".lower()).strip("_")
     results = {}
+
+    def save(key: str, result: dict) -> None:
+        results[key] = result
+        stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "configs": results}, indent=1) + "\n")
+        stem.with_suffix(".md").write_text(report(meta, results))
+
     for name in args.configs:
         for batch in args.batches:
             key = f"{name}, batch {batch}"
             try:
-                results[key] = bench_config(name, batch, device, args, transformers, copy_gbps)
+                bench_config(name, batch, device, args, transformers, copy_gbps, lambda result, key=key: save(key, result))
             except Exception as error:  # building a config (out of memory, say) fails that config alone
-                results[key] = {"name": name, "label": CONFIGS[name][0], "batch": batch, "error": one_line(error)}
-            stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "configs": results}, indent=1) + "\n")
-            stem.with_suffix(".md").write_text(report(meta, results))  # after each config, so that a run cut short keeps what it did
+                save(key, {"name": name, "label": CONFIGS[name][0], "batch": batch, "error": one_line(error)})
     print(report(meta, results))
     return {"meta": meta, "configs": results, "report": stem.with_suffix(".md")}
 

@@ -48,10 +48,10 @@ for what in "$@"; do
       find runs -name metrics.json | tar czf "$LOG/qlora_runs.tgz" -T - ;;  # every finished run, even after a timeout
     decoder)  # the bench's default profile (smollm2, llama-1b, batch 1, every mode) is one committed report
       stage decoder-tests 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_decoder_gpu.py
-      stage decode-bench 480 python3 experiments/decode_bench.py --write-reference
+      stage decode-bench 450 python3 experiments/decode_bench.py --write-reference
       cp experiments/results/decode_bench_nvidia_h200.* "$LOG"/ 2>/dev/null ;;
     decode-8b)  # the 8B shape, our compiled modes only (the 8B goals set them against each other and the copy rate)
-      stage decode-8b 420 python3 experiments/decode_bench.py --configs llama-8b --write-reference \
+      stage decode-8b 420 python3 experiments/decode_bench.py --configs llama-8b --budget-s 150 --write-reference \
         --modes "ours compiled" "ours int4 compiled" "ours nf4 compiled"
       cp experiments/results/decode_bench_*llama_8b* "$LOG"/ 2>/dev/null ;;
     gpu-tests)

@@ -100,6 +100,22 @@ def test_dispatch_on_cpu_is_weight_only_linear_bit_for_bit(fmt):
         assert torch.equal(w4a16_linear(x, packed(q), q.bias), q(x))
 
 
+@pytest.mark.parametrize("fmt", ["int4", "nf4-dq"])
+def test_the_operator_torch_compile_sees_gives_the_kernels_output_shape_and_dtype(fmt):
+    """w4a16_linear_op is opaque to torch.compile, which traces it by its fake implementation alone: (…, K) -> (…, N)
+    in x's dtype, whatever the format's fields."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from minitransformers.kernels.int4_mm import w4a16_linear_op
+
+    w = packed(layer(fmt, 192, 40))
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        x = torch.empty(2, 5, 192, dtype=torch.bfloat16)
+        y = w4a16_linear_op(x, w.packed, w.scale, w.zero_point, w.codebook, w.absmax_scale, w.absmax_offset, w.absmax_table, None,
+                            list(w.shape), w.group_size, w.absmax_block_size)  # fmt: skip
+    assert y.shape == (2, 5, 40) and y.dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize("fmt, K, group", [("int4", 77, 7), ("int4", 96, 48), ("nf4", 96, 64), ("nf4-dq", 77, 64)])
 def test_weights_the_kernels_do_not_take_go_to_the_reference(fmt, K, group):
     q = layer(fmt, K, 5, **({"group_size": group} if fmt.startswith("int4") else {"block_size": group}))

@@ -361,9 +361,11 @@ def w4a16_linear_op(
     absmax_scale: torch.Tensor | None, absmax_offset: torch.Tensor | None, absmax_table: torch.Tensor | None,
     bias: torch.Tensor | None, shape: list[int], group_size: int, absmax_block_size: int,
 ) -> torch.Tensor:  # fmt: skip
-    """`w4a16_linear_triton` as one PyTorch operator over a Packed4Bit's fields. torch.compile treats it as opaque and
-    captures its kernels in the step's CUDA graph with the rest; traced instead, Inductor's handling of user-written
-    Triton kernels failed to compile the NF4 kernel (torch 2.11, experiments/results/kernels_notes.md)."""
+    """`w4a16_linear_triton` as one PyTorch operator over a Packed4Bit's fields, for torch.compile: it treats the
+    operator as opaque and its kernels go into the step's CUDA graph with the rest. Traced instead, every call site
+    of a Triton kernel is compiled to Triton IR again to find what it writes (torch 2.11's user-kernel support,
+    `identify_accessed_tensors`): a tiny decoder's 14 int4 layers added 3.3 s to its warm-up, and Llama-8B's 225 ran
+    past a 90 s budget, against 38 s in bf16 (experiments/results/kernels_notes.md)."""
     w = Packed4Bit(packed, scale, (shape[0], shape[1]), group_size, decode=None, zero_point=zero_point, codebook=codebook,
                    absmax_scale=absmax_scale, absmax_offset=absmax_offset, absmax_table=absmax_table, absmax_block_size=absmax_block_size)  # fmt: skip
     return w4a16_linear_triton(x, w, bias)

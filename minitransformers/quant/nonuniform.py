@@ -131,13 +131,18 @@ def dynamic_codebook() -> torch.Tensor:
 DYNAMIC_CODEBOOK = dynamic_codebook()
 
 
-@functools.cache
-@torch.compiler.assume_constant_result
+DYNAMIC_CODEBOOK_ON: dict[tuple[str, int | None], torch.Tensor] = {}  # (device type, index) -> DYNAMIC_CODEBOOK there
+
+
 def dynamic_codebook_on(device: torch.device) -> torch.Tensor:
-    """DYNAMIC_CODEBOOK on `device`, copied once per device: the 4-bit kernels read it at every call. torch.compile
-    ignores functools.cache and would trace the copy, putting the CPU table among a compiled decode step's inputs
-    (and the step out of its CUDA graph); marked constant, the table is a constant of the graph instead."""
-    return DYNAMIC_CODEBOOK.to(device)
+    """DYNAMIC_CODEBOOK on `device`, copied once per device: the 4-bit kernels read it at every call. A plain dict, not
+    functools.cache: torch.compile traces through functools.cache and would put the copy of the CPU table inside a
+    compiled decode step (and the step out of its CUDA graph); a dict entry made before compiling, by the first eager
+    call on that device, is one tensor that the compiled step reads."""
+    key = (device.type, device.index)
+    if key not in DYNAMIC_CODEBOOK_ON:
+        DYNAMIC_CODEBOOK_ON[key] = DYNAMIC_CODEBOOK.to(device)
+    return DYNAMIC_CODEBOOK_ON[key]
 
 
 def quantize_codebook(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
