@@ -3,6 +3,8 @@ fill-mask command. The saved folder is an HF BertForMaskedLM that transformers l
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -16,14 +18,15 @@ from minitransformers.train.tasks import MaskedLanguageModeling
 
 transformers = pytest.importorskip("transformers")
 
+ARGV = ["pretrain", "--size", "tiny", "--steps", "40", "--batch-size", "16", "--seq-length", "64", "--vocab-size", "2000",
+        "--lr", "2e-3", "--eval-every", "20", "--device", "cpu"]  # fmt: skip
+
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     fetched("wikitext2")
     out = tmp_path_factory.mktemp("mlm")
-    argv = ["pretrain", "--size", "tiny", "--steps", "40", "--batch-size", "16", "--seq-length", "64", "--vocab-size", "2000",
-            "--lr", "2e-3", "--eval-every", "20", "--device", "cpu", "--out", str(out)]  # fmt: skip
-    main(argv)
+    main([*ARGV, "--out", str(out)])
     return out
 
 
@@ -93,3 +96,34 @@ def test_pretrain_says_what_it_does_before_the_silent_steps(monkeypatch, tmp_pat
     err = capsys.readouterr().err
     assert f"training a WordPiece vocabulary of 100 on {tmp_path / 'train.raw'}" in err
     assert "packing the train split" in err
+
+
+def tiny_pretrain(monkeypatch, tmp_path, out):
+    from minitransformers.recipes import pretrain
+
+    g = torch.Generator().manual_seed(0)
+    words = "the cat dog sat ran on under a mat log red blue quickly slowly".split()
+    lines = [" ".join(words[i] for i in torch.randint(0, len(words), (12,), generator=g).tolist()) + " ." for _ in range(120)]
+    (tmp_path / "train.raw").write_text("\n".join(lines))
+    monkeypatch.setattr(pretrain, "data_dir", lambda name: tmp_path)
+    monkeypatch.setattr(pretrain, "load_wikitext2", lambda split: lines if split == "train" else lines[:16])
+    config = pretrain.PretrainConfig(size="tiny", steps=6, batch_size=4, seq_length=16, vocab_size=60, eval_every=3, device="cpu", out=str(tmp_path / out))
+    pretrain.run(config)
+    return tmp_path / out
+
+
+def test_the_same_seed_pretrains_the_same_model_bit_for_bit(monkeypatch, tmp_path):
+    a, b = tiny_pretrain(monkeypatch, tmp_path, "a"), tiny_pretrain(monkeypatch, tmp_path, "b")
+    assert (a / "tokenizer.json").read_bytes() == (b / "tokenizer.json").read_bytes()
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    losses = [[json.loads(line).get("loss") for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (a, b)]
+    assert losses[0] == losses[1]
+
+
+@pytest.mark.slow
+def test_the_same_seed_pretrains_the_same_model_on_wikitext2_in_another_process(run, tmp_path):
+    # the report: two identical runs trained different WordPiece vocabularies (7.7721 vs 7.7642)
+    subprocess.run([sys.executable, "-m", "minitransformers", *ARGV, "--out", str(tmp_path / "again")], check=True, capture_output=True)
+    for name in ("vocab.txt", "model.safetensors"):
+        assert (tmp_path / "again" / name).read_bytes() == (run / name).read_bytes(), name
+    assert json.loads((tmp_path / "again" / "metrics.json").read_text())["validation_loss"] == json.loads((run / "metrics.json").read_text())["validation_loss"]

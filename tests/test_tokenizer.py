@@ -1,5 +1,9 @@
 """The tokenizer against `transformers.BertTokenizerFast` on MiniLM's vocabulary, and WordPiece training."""
 
+import json
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -85,6 +89,35 @@ def test_train_wordpiece_learns_a_vocabulary_with_special_tokens_first(tmp_path)
     ids = tok(["transformers encode tokens"])["input_ids"][0]
     assert tok.token_to_id("[UNK]") not in ids.tolist()
     assert tok.decode(ids) == "transformers encode tokens"
+
+
+TRAIN_IN_A_PROCESS = """
+import json, sys
+from minitransformers.text.tokenizer import train_wordpiece
+print(json.dumps(sorted(train_wordpiece([sys.argv[1]], vocab_size=150, min_frequency=2).tokenizer.get_vocab().items())))
+"""
+
+
+def test_train_wordpiece_gives_the_same_ids_in_every_process(tmp_path):
+    # tokenizers' trainer numbers the ##c pieces in a per-process hash order (tokenizers #1794): two processes
+    # trained different vocabularies before train_wordpiece fixed the order.
+    g = torch.Generator().manual_seed(1)
+    letters = "abcdefghijklmnopqrstuvwxyzßø"
+    words = ["".join(letters[i] for i in torch.randint(0, len(letters), (int(n),), generator=g)) for n in torch.randint(2, 9, (400,), generator=g)]
+    (tmp_path / "corpus.txt").write_text("\n".join(" ".join(words[i] for i in torch.randint(0, 400, (15,), generator=g)) for _ in range(200)))
+    runs = [subprocess.run([sys.executable, "-c", TRAIN_IN_A_PROCESS, str(tmp_path / "corpus.txt")], capture_output=True, text=True, check=True).stdout for _ in range(3)]
+    assert runs[0] == runs[1] == runs[2]
+    vocab = dict(json.loads(runs[0]))
+    assert {"##" + c for c in letters} <= vocab.keys() and len(vocab) == 150
+
+
+def test_continuation_pieces_are_plain_vocabulary_not_special_tokens(tmp_path):
+    (tmp_path / "corpus.txt").write_text("playing played plays\n" * 20)
+    tok = train_wordpiece([tmp_path / "corpus.txt"], vocab_size=40, min_frequency=2)
+    assert [t.content for t in tok.tokenizer.get_added_tokens_decoder().values()] == SPECIAL_TOKENS
+    playing = tok.tokenizer.encode("gaily", add_special_tokens=False)  # an unseen word, spelt from ## pieces
+    assert len(playing.tokens) > 1 and tok.decode(playing.ids) == "gaily"  # "##" pieces survive skip_special_tokens
+    assert tok.tokenizer.encode("##s", add_special_tokens=False).tokens == ["[UNK]", "[UNK]", "s"]  # not matched as an added "##s"
 
 
 def test_missing_tokenizer_files_name_the_folder(tmp_path):

@@ -164,14 +164,38 @@ class Tokenizer:
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
 
+def continuation_pieces(tok: RustTokenizer, files: Sequence[str | Path]) -> list[str]:
+    """'##c' for each character c that follows another inside a word of `files` (as `tok` normalises and splits
+    them), sorted by code point: exactly the continuation pieces the trainer starts from."""
+    chars: set[str] = set()
+    for f in files:
+        with open(f, encoding="utf-8") as lines:
+            for line in lines:
+                for word, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(line)):
+                    chars.update(word[1:])
+    return ["##" + c for c in sorted(chars)]
+
+
 def train_wordpiece(files: Sequence[str | Path], vocab_size: int = 30522, min_frequency: int = 2, lowercase: bool = True) -> Tokenizer:
-    """Learn a WordPiece vocabulary from text files, with BERT's special tokens at ids 0-4."""
+    """Learn a WordPiece vocabulary from text files, with BERT's special tokens at ids 0-4; the same files give
+    the same vocabulary, id for id, in every process.
+
+    `tokenizers`' trainer (BPE merges, then WordPiece's `##` pieces) numbers the `##c` pieces in the order it
+    meets them in a hash map, which differs from process to process (tokenizers issue #1794); equal merge counts
+    are then broken by those ids, so the ids and even the set of merges change from run to run. Giving the
+    trainer the `##c` pieces up front, sorted, right after the special tokens fixes every id. The trainer
+    treats them as special tokens, so the tokenizer is rebuilt on the learned vocabulary with only BERT's five
+    special tokens.
+    """
     missing = [str(f) for f in files if not Path(f).is_file()]
     if missing:
         raise FileNotFoundError(f"training files not found: {missing}")
     tok = bert_pipeline(models.WordPiece(unk_token="[UNK]"), lowercase)
     trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS, continuing_subword_prefix="##", show_progress=False
-    )
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS + continuation_pieces(tok, files),
+        continuing_subword_prefix="##", show_progress=False,
+    )  # fmt: skip
     tok.train([str(f) for f in files], trainer)
-    return Tokenizer(add_bert_template(tok))
+    learned = bert_pipeline(models.WordPiece(tok.get_vocab(with_added_tokens=False), unk_token="[UNK]", continuing_subword_prefix="##"), lowercase)
+    learned.add_special_tokens(SPECIAL_TOKENS)
+    return Tokenizer(add_bert_template(learned))
