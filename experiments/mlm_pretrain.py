@@ -8,7 +8,7 @@
    pooling: MLM alone (no next-sentence prediction here) gives [CLS] no objective of its own, so its state
    says little about the sentence, while every token's state is trained.
 
-    python experiments/mlm_pretrain.py --profile quick   # about 5 minutes on a 2-core CPU: a smoke run
+    python experiments/mlm_pretrain.py --profile quick   # a smoke run: about 5 minutes on the 2-core CPU machine (measured: see the report's wall time)
     python experiments/mlm_pretrain.py --profile full    # longer pretraining, meant for a GPU
 
 The full profile fine-tunes each starting point with 3 seeds, on all the labelled examples and on 1000 of
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -33,7 +34,7 @@ from minitransformers.recipes import finetune, pretrain
 from minitransformers.text.sources import data_dir, is_fetched
 from minitransformers.text.tokenizer import Tokenizer
 
-from common import device_name, flags, reference_name, run_all
+from common import device_name, flags, reference_name, run_all, wall_time
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FINETUNE = {"pooling": "mean", "lr": 1e-4}  # a small encoder takes a larger step than BERT-base's 2e-5 to 5e-5
@@ -78,6 +79,7 @@ def plot(loss: dict, entropy: float, path: Path) -> bool:
 
 
 def main() -> None:
+    start = time.perf_counter()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=PROFILES, default="quick")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -123,6 +125,7 @@ def main() -> None:
     report = {"profile": args.profile, "pretrained_from": str(args.pretrained) if args.pretrained else None, "finetune_args": flags(profile["finetune"]), "pretraining": pretrained, "loss": loss, "finetune": rows, "device_name": device, "torch": torch.__version__}
     RESULTS.mkdir(parents=True, exist_ok=True)
     report["png"] = plot(loss, pretrained["unigram_entropy"], RESULTS / f"mlm_pretrain_{args.profile}.png")
+    report["wall_seconds"] = time.perf_counter() - start
     path = RESULTS / "mlm_pretrain.json"  # one entry per profile; the markdown is rendered from it
     reports = {**(json.loads(path.read_text()) if path.exists() else {}), args.profile: report}
     path.write_text(json.dumps(reports, indent=2) + "\n")
@@ -137,6 +140,7 @@ def render(r: dict) -> str:
         f"# MLM pretraining on WikiText-2, {r['profile']} profile: does it help?",
         "",
         f"Command: `python experiments/mlm_pretrain.py --profile {r['profile']}`; device {r['device_name']}, torch {r['torch']}"
+        + (f"; wall time {wall_time(r['wall_seconds'])}" if "wall_seconds" in r else "")
         + (f"; pretraining reused from `{r['pretrained_from']}` (its own run, same profile)." if r.get("pretrained_from") else "."),
         f"Pretraining: `small` encoder ({p['parameters']:,} parameters), vocabulary {p['vocab_size']}, {p['train_sequences']} sequences of "
         f"{p['seq_length']} tokens, {p['steps']} steps, {p['train_seconds']:.0f} s.",

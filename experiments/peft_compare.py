@@ -1,7 +1,7 @@
 """Every fine-tuning method on the same task and budget: full, a linear probe, BitFit, LoRA, Houlsby and
 Pfeiffer adapters, prompt tuning and prefix tuning, each from all-MiniLM-L6-v2 on Rotten Tomatoes sentiment.
 
-    python experiments/peft_compare.py --profile quick   # about 15 minutes on 2 CPU cores: 1000 examples, 1 epoch
+    python experiments/peft_compare.py --profile quick   # 1000 examples, 1 epoch: about 15 minutes on the 2-core CPU machine (measured: see the report's wall time)
     python experiments/peft_compare.py --profile full    # meant for a GPU: all 8454 examples, 4 epochs, an lr grid
 
 The budget is the same for all: data, epochs, batch 32, mean pooling, AdamW with warmup and linear decay.
@@ -19,6 +19,7 @@ against trainable parameters when matplotlib is installed); the last line printe
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -27,7 +28,7 @@ from minitransformers.peft.methods import METHODS as ALL_METHODS
 from minitransformers.recipes.finetune import FinetuneConfig
 from minitransformers.text.sources import data_dir
 
-from common import best_on_validation, device_name, experiment_parser, flags, over_seeds, points_vs, reference_name, run_all
+from common import best_on_validation, device_name, experiment_parser, flags, over_seeds, points_vs, reference_name, run_all, wall_time
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = tuple(m for m in ALL_METHODS if m != "qlora")  # QLoRA, a quantized base, has its own experiment: qlora.py
@@ -76,6 +77,7 @@ CLAIMS = [
 
 
 def main() -> None:
+    start = time.perf_counter()
     parser = experiment_parser(__doc__, PROFILES, workers=16)
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     args = parser.parse_args()
@@ -92,6 +94,7 @@ def main() -> None:
               "runs": runs, "device_name": device_name(args.device), "torch": torch.__version__}  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
     report["png"] = plot(report["rows"], RESULTS / f"peft_compare_{args.profile}.png")
+    report["wall_seconds"] = time.perf_counter() - start
     path = RESULTS / "peft_compare.json"  # one entry per profile; the markdown is rendered from it
     reports = {**(json.loads(path.read_text()) if path.exists() else {}), args.profile: report}
     path.write_text(json.dumps(reports, indent=2) + "\n")
@@ -122,7 +125,8 @@ def render(r: dict) -> str:
     lines = [
         f"# Parameter-efficient fine-tuning, {r['profile']} profile: {r['model']} on Rotten Tomatoes sentiment",
         "",
-        f"Command: `python experiments/peft_compare.py --profile {r['profile']}`; device {r['device_name']}, torch {r['torch']}.",
+        f"Command: `python experiments/peft_compare.py --profile {r['profile']}`; device {r['device_name']}, torch {r['torch']}"
+        + (f"; wall time {wall_time(r['wall_seconds'])}." if "wall_seconds" in r else "."),
         f"Every method: `finetune --pooling mean --batch-size 32 {' '.join(r['finetune_args'])}`, each at its own learning rate "
         "(the best of its grid on the validation split, on the first seed; the test split is scored once per run). Default method options:",
         "LoRA r = 8, α = 16 on query and value; adapters with reduction factor 16; 20 virtual tokens for prompt and prefix tuning "

@@ -1,7 +1,7 @@
 """QLoRA against LoRA and full fine-tuning: accuracy, weight memory and training memory, all-MiniLM-L6-v2 on
 Rotten Tomatoes sentiment (Dettmers et al. 2023; peft/qlora.py).
 
-    python experiments/qlora.py --profile quick   # about 10 minutes on 2 CPU cores: 1000 examples, 1 epoch
+    python experiments/qlora.py --profile quick   # 1000 examples, 1 epoch: about 10 minutes on the 2-core CPU machine (measured: see the report's wall time)
     python experiments/qlora.py --profile full    # meant for a GPU (H100): all 8454 examples, 4 epochs, an lr grid, 3 seeds
 
 Variants, all with `finetune --pooling mean --batch-size 32`:
@@ -32,6 +32,7 @@ import contextlib
 import gc
 import json
 import sys
+import time
 import weakref
 from pathlib import Path
 
@@ -47,7 +48,7 @@ from minitransformers.peft.qlora import ALL_LINEAR, QLoRAConfig, base_memory
 from minitransformers.recipes.finetune import FinetuneConfig
 from minitransformers.text.sources import data_dir
 
-from common import best_on_validation, device_name, experiment_parser, flags, over_seeds, points_vs, reference_name, run_all
+from common import best_on_validation, device_name, experiment_parser, flags, over_seeds, points_vs, reference_name, run_all, wall_time
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "targets": ALL_LINEAR}
@@ -180,6 +181,7 @@ def train(root: Path, base: Path, jobs: list[tuple[str, float, int]], args, work
 
 
 def main() -> None:
+    start = time.perf_counter()
     parser = experiment_parser(__doc__, PROFILES, workers=8)
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     args = parser.parse_args()
@@ -197,6 +199,7 @@ def main() -> None:
               "finetune_args": flags({"max_length": profile["max_length"], **profile["finetune"]}),
               "precision": args.precision, "rows": rows, "runs": runs, "device_name": device_name(args.device), "torch": torch.__version__}  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
+    report["wall_seconds"] = time.perf_counter() - start  # this command's, even where rows of earlier commands are kept
     path = RESULTS / "qlora.json"  # one entry per profile; the markdown is rendered from it
     reports = json.loads(path.read_text()) if path.exists() else {}
     reports[args.profile] = merged(reports.get(args.profile), report, args.variants)
@@ -229,6 +232,13 @@ def commands(r: dict) -> str:
     return "; ".join(f"`python experiments/qlora.py {c}` ({', '.join(v)})" for c, v in made.items())
 
 
+def wall(r: dict) -> str:
+    """'; wall time W' of the command that wrote the report, naming it the latest where rows of earlier ones are kept; '' before it was recorded."""
+    if "wall_seconds" not in r:
+        return ""
+    return f"; wall time {wall_time(r['wall_seconds'])}" + (" (the latest command)" if len({row.get("command") for row in r["rows"]}) > 1 else "")
+
+
 def mb(n: float) -> str:
     return f"{n / 2**20:.1f}"
 
@@ -238,7 +248,7 @@ def render(r: dict) -> str:
     lines = [
         f"# QLoRA, {r['profile']} profile: {r['model']} on Rotten Tomatoes sentiment",
         "",
-        f"Command: {commands(r)}; device {r['device_name']}, torch {r['torch']}, precision {r['precision']}.",
+        f"Command: {commands(r)}; device {r['device_name']}, torch {r['torch']}, precision {r['precision']}" + wall(r) + ".",
         f"Every variant: `finetune --pooling mean --batch-size 32 {' '.join(r['finetune_args'])}`; LoRA and QLoRA: r = 8, α = 16 on every Linear "
         "of the layers (query key value out up down). The learning rate is the best of the variant's grid on validation, on the first seed.",
         "Linear weights: the encoder's 37 Linear layers (6 × 6 and the pooler) as stored, and their ratio to the same weights in bf16. "

@@ -3,7 +3,7 @@
 Takes the classifier that `finetune_sentiment.py` trains (all-MiniLM-L6-v2, fine-tuned in full; trained here
 first if its folder is missing), runs `quantize` with each method and `evaluate` on the test split:
 
-    python experiments/quant_compare.py --profile quick   # the quick fine-tune's classifier; about 5 minutes on 2 CPU cores
+    python experiments/quant_compare.py --profile quick   # the quick fine-tune's classifier; about 5 minutes on the 2-core CPU machine (measured: see the report's wall time)
     python experiments/quant_compare.py --profile full    # the full fine-tune's classifier (train it on a GPU first)
 
 Reports bits per weight of the quantized layers, the folder's size on disk, test accuracy and its change
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -33,7 +34,7 @@ from minitransformers.quant import METHODS, kmeans_quantize, quantize_nf4, quant
 from minitransformers.recipes import compress, evaluate, finetune, quantize
 from minitransformers.text.sources import data_dir
 
-from common import device_name
+from common import device_name, wall_time
 from finetune_sentiment import PROFILES as FINETUNE_PROFILES
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -48,6 +49,7 @@ DEEP_COMPRESSION = {"quick": {"max_train_examples": 1000}, "full": {}}  # Compre
 
 
 def main() -> None:
+    start = time.perf_counter()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=FINETUNE_PROFILES, default="quick")
     parser.add_argument("--model", type=Path, help="the fine-tuned classifier (default: runs/finetune_sentiment_<profile>, trained if missing)")
@@ -83,6 +85,7 @@ def main() -> None:
               "device_name": device_name("cpu"), "threads": torch.get_num_threads(), "torch": torch.__version__}  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
     report["png"] = plot(report, RESULTS / f"quant_compare_{args.profile}.png")
+    report["wall_seconds"] = time.perf_counter() - start
     path = RESULTS / "quant_compare.json"  # one entry per profile; the markdown is rendered from it
     reports = {**(json.loads(path.read_text()) if path.exists() else {}), args.profile: report}
     path.write_text(json.dumps(reports, indent=2) + "\n")
@@ -175,7 +178,8 @@ def render(r: dict) -> str:
     lines = [
         f"# Quantizing the fine-tuned sentiment classifier, {r['profile']} profile",
         "",
-        f"Command: `python experiments/quant_compare.py --profile {r['profile']}`; {r['device_name']}, torch {r['torch']}; model `{r['model']}`.",
+        f"Command: `python experiments/quant_compare.py --profile {r['profile']}`; {r['device_name']}, torch {r['torch']}; model `{r['model']}`"
+        + (f"; wall time {wall_time(r['wall_seconds'])}." if "wall_seconds" in r else "."),
         "Each method replaces every Linear layer of the encoder and the pooler; the classifier head and the embeddings stay fp32, so the",
         "folder's size falls less than the bits per weight (MiniLM's word vectors alone are 47 MB). Latency: the median forward pass over",
         "a batch of 32 test sentences on the CPU, in the same run for every row.",

@@ -5,7 +5,7 @@ The protocol of Reimers & Gurevych 2019 (Sentence-BERT, section 4.1): embed both
 with the gold scores, × 100. When `transformers` is installed the same embeddings are also computed with
 `transformers.BertModel` in the same run, as a side-by-side check.
 
-    python experiments/sts_benchmark.py [--model data/minilm] [--device cpu]
+    python experiments/sts_benchmark.py [--model data/minilm] [--device cpu]   # about 1 minute on the 2-core CPU machine (measured: see the report's wall time)
 
 Writes runs/sts_benchmark/sts_benchmark.md; with --write-reference, experiments/results/ instead, the committed
 report, which `make experiment` must not rewrite on every run. The last line printed is JSON: {"test": …, "dev": …}.
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import add_output_args, resolve_output
+from common import add_output_args, resolve_output, wall_time
 
 from minitransformers import Encoder, Tokenizer
 from minitransformers.metrics import spearman
@@ -65,6 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     """Score every split, write the report into args.out, print it; -> {split: Spearman × 100 of ours}."""
+    started = time.perf_counter()  # the whole run; `start` times each split and implementation
     args = parse_args(argv)
     model_dir = Path(args.model) if args.model else data_dir("minilm")
 
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
     lines = [
         "# STS benchmark: all-MiniLM-L6-v2, cosine similarity of mean-pooled embeddings",
         "",
-        f"Command: `{args.command}`; torch {torch.__version__}; device: {device}.",
+        f"Command: `{args.command}`; torch {torch.__version__}; device: {device}; wall time {wall_time(time.perf_counter() - started)}.",
         f"Profile: model `{args.model or 'data/minilm'}` ({', '.join(encoders)}), STS-B test and dev in full, batch size {args.batch_size}, no fine-tuning on STS-B.",
         "Metric: Spearman ρ × 100 between cosine similarity and the gold score (Reimers & Gurevych 2019, §4.1).",
         "",
