@@ -4,6 +4,7 @@
 # that fails does not stop the next.
 #
 #   bash scripts/gpu_checks.sh tests                # kernel correctness matrix (about 9 minutes: a call of its own)
+#   bash scripts/gpu_checks.sh gemv                 # the GEMV's rows of the int4 matrix (M = 1), a few others (about 2 minutes)
 #   bash scripts/gpu_checks.sh bench e2e            # kernels_bench.py (carry .whl), kernels_e2e.py
 #   bash scripts/gpu_checks.sh qlora gpu-tests      # QLoRA full profile (carry .carry, data/sentiment), other GPU tests
 #   bash scripts/gpu_checks.sh decoder              # decoder bf16/fp16 parity tests, then decode_bench.py (about 8 minutes)
@@ -36,6 +37,9 @@ for what in "$@"; do
       stage int8-tests 480 python3 -m pytest -q -n 4 -p no:cacheprovider -m gpu tests/test_kernels_int8.py &
       stage int4-tests 480 python3 -m pytest -q -n 10 --maxfail=10 -p no:cacheprovider -m gpu tests/test_kernels_int4.py &
       wait ;;
+    gemv)  # M = 1 at every matrix shape, M = 16 and 512 at 4096², the other formats at 3072 -> 768
+      stage gemv-tests 200 python3 -m pytest -q -n 8 -p no:cacheprovider -m gpu tests/test_kernels_int4.py \
+        -k "(real_sizes and (-1- or 4096-4096-16- or 4096-4096-512-)) or other_formats" ;;
     bench)
       stage kernels-bench 160 python3 experiments/kernels_bench.py
       cp experiments/results/kernels_bench.* "$LOG"/ 2>/dev/null ;;

@@ -21,7 +21,7 @@ from triton.compiler import ASTSource
 
 from minitransformers.kernels import int4_mm, int8_mm
 
-PATTERNS = ["ld.global.b8", "ld.global.v4", "cp.async.cg.shared.global", "cp.async.ca.shared.global", "mma.sync", "wgmma.mma_async"]
+PATTERNS = ["ld.global.b8", "ld.global.v4", "cvt.rn.f32", "ld.shared", "bar.sync", "cp.async.cg.shared.global", "cp.async.ca.shared.global", "mma.sync", "wgmma.mma_async"]
 FORMATS = {  # name -> W4A16 constexprs and the dtype of the stored scales
     "int4 G=128": ({"GROUP": 128, "CODEBOOK": False, "AFFINE": False, "DOUBLE_QUANT": False}, "*fp32"),
     "nf4 double-quant": ({"GROUP": 64, "CODEBOOK": True, "AFFINE": False, "DOUBLE_QUANT": True}, "*u8"),
@@ -45,8 +45,8 @@ def cases():
     for fmt, (flags, scale_type) in FORMATS.items():
         types = {"x_ptr": "*bf16", "out_ptr": "*fp32", "packed_ptr": "*u8", "zero_ptr": "*u8", "scale_ptr": scale_type}
         constants = {**flags, "DQ_GROUP": 256, "HAS_BIAS": True, "DOT_PRECISION": None}
-        gemv_types = types | {"out_ptr": "*fp32"}
-        gemv_constants = {k: v for k, v in constants.items() if k != "DOT_PRECISION"}
+        gemv_types = types | {"x_ptr": "*i32", "out_ptr": "*bf16", "arrived_ptr": "*i32"}  # bf16 x read as int32 words
+        gemv_constants = {k: v for k, v in constants.items() if k != "DOT_PRECISION"} | {"X_WORDS": True, "X_BF16": True}
         yield f"w4a16 GEMV, {fmt}", int4_mm.w4a16_gemv_kernel, gemv_types, gemv_constants, int4_mm.GEMV_CONFIGS
         yield f"w4a16 split-K, {fmt}", int4_mm.w4a16_splitk_kernel, types, constants | {"BLOCK_M": 16}, int4_mm.SPLITK_CONFIGS
         yield f"w4a16 tiled, {fmt}", int4_mm.w4a16_tiled_kernel, types | {"out_ptr": "*bf16"}, constants, int4_mm.TILED_CONFIGS

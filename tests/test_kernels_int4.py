@@ -59,6 +59,9 @@ CASES = {
     f"{fmt} M={M} K={K} N={N} {dt}": partial(measure, fmt, M, K, N, dt)
     for fmt, (M, K, N), dt in itertools.product(FORMATS, SHAPES, ("fp32", "fp16"))
 } | {
+    f"{fmt} M=1 K=320 N=45 bf16": partial(measure, fmt, 1, 320, 45, "bf16")  # the GEMV reads bf16 x as int32 words
+    for fmt in FORMATS
+} | {
     f"{fmt} group 256 M={M}": partial(measure, fmt, M, 768, 24, "fp32", group_size=256)  # one group spans two blocks
     for fmt, M in itertools.product(("int4", "int4-affine"), (1, 17))
 } | {
@@ -76,7 +79,9 @@ def interpreted(tmp_path_factory):
 def test_w4a16_kernel_writes_every_output_within_the_error_budget(name, interpreted):
     numbers = result(interpreted, name)
     assert numbers["unwritten"] == 0
-    assert numbers["relative_error"] < 1e-3
+    # the interpreter rounds fp32 to bf16 by truncation (half the values one bf16 ulp off round-to-nearest, 2^-8),
+    # the GPU to nearest: bf16 outputs get that ulp here; on a GPU they are held to 1e-3 (test_w4a16_kernels_on_cuda_real_sizes)
+    assert numbers["relative_error"] < (1e-2 if name.endswith("bf16") else 1e-3)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

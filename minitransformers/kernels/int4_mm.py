@@ -33,8 +33,10 @@ instead of 16 makes it up to 16 / 4.5 ≈ 3.6× (int4, G = 128: 4.25 bits, 3.8×
 
 - One token (M = 1, decoding a single sequence), `w4a16_gemv_kernel`: a GEMV with no tensor cores. Each thread
   multiplies the weights it dequantized by x and keeps fp32 partial sums in registers, summed over K once at the
-  end; split-K as below. A tl.dot would first stage every dequantized tile through shared memory into the
-  tensor cores' operand layout, which moves 2 bytes a weight through shared memory to use 1 of 16 rows.
+  end; split-K as below, but in one launch (the last slice of a column tile writes the output), and software
+  pipelined so that several tiles a program are in flight. A tl.dot would first stage every dequantized tile
+  through shared memory into the tensor cores' operand layout, which moves 2 bytes a weight through shared
+  memory to use 1 of 16 rows.
 - Small M (2 … 16), `w4a16_splitk_kernel`: still memory-bound. With K = N = 8192, tiles of BLOCK_N columns give
   only 8192 / 64 = 128 programs, fewer than it takes to keep an H100's 132 SMs streaming. Split-K
   cuts K into SPLIT_K slices as well, so SPLIT_K times as many programs load weights at once; each adds its
@@ -137,18 +139,13 @@ def codebook_table(codebook_ptr, CODEBOOK: tl.constexpr):
 
 
 @jit
-def dequantize_pairs(
-    k0, b, n, N, K, row_bytes, packed_ptr, scale_ptr, zero_ptr, table, dq_scale_ptr, dq_offset_ptr, dq_table_ptr,
-    GROUP: tl.constexpr, DQ_GROUP: tl.constexpr, CODEBOOK: tl.constexpr, AFFINE: tl.constexpr, DOUBLE_QUANT: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+def tile_scales(
+    k0, n, N, K, scale_ptr, zero_ptr, dq_scale_ptr, dq_offset_ptr, dq_table_ptr,
+    GROUP: tl.constexpr, DQ_GROUP: tl.constexpr, AFFINE: tl.constexpr, DOUBLE_QUANT: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """Ŵᵀ at the even inputs 2b and the odd inputs 2b + 1, for bytes b (BLOCK_K/2, 1) of the tile starting at input
-    k0 and outputs n (1, BLOCK_N): two (BLOCK_K/2, BLOCK_N) fp32 tiles, 0 outside W. Byte b of row n (row_bytes =
-    K / 2 apart) holds both."""
-    inside = (b < row_bytes) & (n < N)  # (BK/2, BN); `b < row_bytes`, not `2b < K`: Triton sees it constant over 16 bytes
-    byte = tl.load(packed_ptr + n * row_bytes + b, mask=inside, other=0).to(tl.int32)  # coalesced, vectorised
-    high, low = byte >> 4, byte & 0xF  # codes of inputs 2b and 2b + 1
-    # The scales of the tile: S per row, S = BLOCK_K / GROUP groups, or 1 when a group covers the tile.
+    """The scales of the tile starting at input k0, outputs n (1, BLOCK_N): (S, BLOCK_N) fp32, one per group of
+    each row, S = BLOCK_K / GROUP (1 when a group covers the tile), double-quantized absmax decoded; and the
+    offset `code_values` subtracts, 2^23 + Z (S, BLOCK_N): Z the stored zero points (affine int4) or 8 (symmetric)."""
     S: tl.constexpr = BLOCK_K // GROUP if BLOCK_K >= GROUP else 1
     g = tl.arange(0, S)[:, None]  # (S, 1)
     group = n * (K // GROUP) + k0 // GROUP + g  # (S, BN) indices into the (N, K / G) scales
@@ -159,17 +156,36 @@ def dequantize_pairs(
         scale += tl.load(dq_offset_ptr)
     else:
         scale = tl.load(scale_ptr + group, mask=first, other=0.0)
-    scale = per_byte(scale, BLOCK_K)
-    if CODEBOOK:
-        shape: tl.constexpr = high.shape
-        even = tl.reshape(tl.gather(table, tl.reshape(high, (shape[0] * shape[1],)), axis=0), shape)
-        odd = tl.reshape(tl.gather(table, tl.reshape(low, (shape[0] * shape[1],)), axis=0), shape)
-        return even * scale, odd * scale
+    offset = tl.full(scale.shape, 8388616.0, tl.float32)  # symmetric: Z = 8
     if AFFINE:
-        zero = per_byte(tl.load(zero_ptr + group, mask=first, other=0).to(tl.int32), BLOCK_K)
-    else:
-        zero = 8
-    return (high - zero).to(tl.float32) * scale, (low - zero).to(tl.float32) * scale
+        offset = 8388608.0 + tl.load(zero_ptr + group, mask=first, other=0).to(tl.float32)
+    return scale, offset
+
+
+@jit
+def code_values(codes, offset, table, CODEBOOK: tl.constexpr):
+    """int32 codes in [0, 16) -> fp32: codebook[code] (NF4 / FP4, a shared-memory gather), or code - Z for int4,
+    read without an int-to-float conversion (a quarter-rate instruction on the SM, one a weight): the bits of
+    2^23 OR the code, as a float, are 2^23 + code exactly, and `offset` = 2^23 + Z takes the rest away."""
+    if CODEBOOK:
+        return tl.reshape(tl.gather(table, tl.reshape(codes, (codes.numel,)), axis=0), codes.shape)
+    return (codes | 0x4B000000).to(tl.float32, bitcast=True) - offset  # 0x4B000000: the fp32 bits of 2^23
+
+
+@jit
+def dequantize_pairs(
+    k0, b, n, N, K, row_bytes, packed_ptr, scale_ptr, zero_ptr, table, dq_scale_ptr, dq_offset_ptr, dq_table_ptr,
+    GROUP: tl.constexpr, DQ_GROUP: tl.constexpr, CODEBOOK: tl.constexpr, AFFINE: tl.constexpr, DOUBLE_QUANT: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """Ŵᵀ at the even inputs 2b and the odd inputs 2b + 1, for bytes b (BLOCK_K/2, 1) of the tile starting at input
+    k0 and outputs n (1, BLOCK_N): two (BLOCK_K/2, BLOCK_N) fp32 tiles, 0 outside W. Byte b of row n (row_bytes =
+    K / 2 apart) holds both."""
+    inside = (b < row_bytes) & (n < N)  # (BK/2, BN); `b < row_bytes`, not `2b < K`: Triton sees it constant over 16 bytes
+    byte = tl.load(packed_ptr + n * row_bytes + b, mask=inside, other=0).to(tl.int32)  # coalesced, vectorised
+    scale, offset = tile_scales(k0, n, N, K, scale_ptr, zero_ptr, dq_scale_ptr, dq_offset_ptr, dq_table_ptr, GROUP, DQ_GROUP, AFFINE, DOUBLE_QUANT, BLOCK_K)
+    scale, offset = per_byte(scale, BLOCK_K), per_byte(offset, BLOCK_K)
+    return code_values(byte >> 4, offset, table, CODEBOOK) * scale, code_values(byte & 0xF, offset, table, CODEBOOK) * scale
 
 
 @jit
@@ -233,46 +249,94 @@ def w4a16_splitk_kernel(
     tl.atomic_add(out_ptr + rows[:, None] * N + cols[None, :], acc, mask=(rows[:, None] < M) & (cols[None, :] < N))
 
 
-GEMV_CONFIGS = [  # no pipelining (no tl.dot): parallelism comes from programs per SM, so tiles stay small (≈ 100 registers)
-    {"BLOCK_N": 32, "BLOCK_K": 256, "SPLIT_K": 4, "num_warps": 4},
-    {"BLOCK_N": 64, "BLOCK_K": 128, "SPLIT_K": 4, "num_warps": 4},
-    {"BLOCK_N": 64, "BLOCK_K": 256, "SPLIT_K": 8, "num_warps": 8},
-    {"BLOCK_N": 16, "BLOCK_K": 512, "SPLIT_K": 8, "num_warps": 4},
-    {"BLOCK_N": 32, "BLOCK_K": 256, "SPLIT_K": 16, "num_warps": 4},
+@jit
+def gemv_loads(
+    k0, cols, N, K, row_bytes, x_ptr, packed_ptr, scale_ptr, zero_ptr, dq_scale_ptr, dq_offset_ptr, dq_table_ptr,
+    GROUP: tl.constexpr, DQ_GROUP: tl.constexpr, AFFINE: tl.constexpr, DOUBLE_QUANT: tl.constexpr, X_WORDS: tl.constexpr,
+    BLOCK_K: tl.constexpr, S: tl.constexpr, BYTES: tl.constexpr,
+):  # fmt: skip
+    """The loads of the GEMV's tile at input k0: the weight's bytes (S, BYTES, BLOCK_N) uint8, x at those bytes
+    (S, BYTES, 1) (its int32 words twice when X_WORDS, else x at the even and at the odd inputs), and the scales and
+    offsets (S, BLOCK_N)."""
+    n = cols[None, None, :]  # (1, 1, BN)
+    b = tl.multiple_of(k0 // 2, BLOCK_K // 2) + tl.arange(0, S)[:, None, None] * BYTES + tl.max_contiguous(tl.arange(0, BYTES), BYTES)[None, :, None]  # (S, BYTES, 1)
+    byte = tl.load(packed_ptr + n * row_bytes + b, mask=(b < row_bytes) & (n < N), other=0)  # 16-byte loads
+    if X_WORDS:
+        xa = tl.load(x_ptr + b, mask=b < row_bytes, other=0)
+        xb = xa
+    else:
+        xa = tl.load(x_ptr + 2 * b, mask=b < row_bytes, other=0.0)
+        xb = tl.load(x_ptr + 2 * b + 1, mask=b < row_bytes, other=0.0)
+    scale, offset = tile_scales(k0, cols[None, :], N, K, scale_ptr, zero_ptr, dq_scale_ptr, dq_offset_ptr, dq_table_ptr, GROUP, DQ_GROUP, AFFINE, DOUBLE_QUANT, BLOCK_K)
+    return byte, xa, xb, scale, offset
+
+
+GEMV_CONFIGS = [  # NUM_STAGES: tiles in flight a program, through shared memory (cp.async); 1: plain loads, none ahead
+    {"BLOCK_N": 64, "BLOCK_K": 256, "SPLIT_K": 8, "NUM_STAGES": 3, "num_warps": 8},
+    {"BLOCK_N": 64, "BLOCK_K": 256, "SPLIT_K": 8, "NUM_STAGES": 4, "num_warps": 8},
+    {"BLOCK_N": 64, "BLOCK_K": 128, "SPLIT_K": 8, "NUM_STAGES": 4, "num_warps": 4},
+    {"BLOCK_N": 64, "BLOCK_K": 128, "SPLIT_K": 16, "NUM_STAGES": 3, "num_warps": 4},  # narrow layers (k, v: N = 1024)
+    {"BLOCK_N": 128, "BLOCK_K": 256, "SPLIT_K": 8, "NUM_STAGES": 3, "num_warps": 8},
+    {"BLOCK_N": 128, "BLOCK_K": 128, "SPLIT_K": 4, "NUM_STAGES": 4, "num_warps": 4},
+    {"BLOCK_N": 64, "BLOCK_K": 256, "SPLIT_K": 8, "NUM_STAGES": 1, "num_warps": 8},
 ]  # fmt: skip
-GEMV_INTERPRETER_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 128, "SPLIT_K": 2}
+GEMV_INTERPRETER_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 128, "SPLIT_K": 2, "NUM_STAGES": 2}
 
 
-@autotuned(GEMV_CONFIGS, GEMV_INTERPRETER_CONFIG, key=["N", "K"], reset_to_zero=["out_ptr"])
+@autotuned(GEMV_CONFIGS, GEMV_INTERPRETER_CONFIG, key=["N", "K"])
 def w4a16_gemv_kernel(
-    x_ptr, out_ptr, bias_ptr, N, K, row_bytes,
+    x_ptr, out_ptr, bias_ptr, sums_ptr, arrived_ptr, N, K, row_bytes,
     packed_ptr, scale_ptr, zero_ptr, codebook_ptr, dq_scale_ptr, dq_offset_ptr, dq_table_ptr, GROUP: tl.constexpr, DQ_GROUP: tl.constexpr,
     CODEBOOK: tl.constexpr, AFFINE: tl.constexpr, DOUBLE_QUANT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    X_WORDS: tl.constexpr, X_BF16: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):  # fmt: skip
-    """out (N,) fp32, zeroed, += x[slice] Ŵᵀ[slice, :] for this program's slice of K (+ b from slice 0); one token.
+    """out (N,) in x's dtype = x Ŵᵀ + b, one token, in one launch: each program adds x[slice] Ŵᵀ[slice, cols] for
+    its slice of K into the fp32 `sums` (N,), then counts itself in `arrived` (one int32 per column tile); the
+    last of the SPLIT_K programs of a tile reads the sums (an atomic add of 0, so from where the atomics add),
+    zeroes them and its counter, adds b and writes `out`: the buffers are zero again for the next call. (A zeroed
+    buffer and a copy out would be two more launches a layer, as many as the GEMV itself in a decode step.)
 
-    No tl.dot: each thread multiplies the weights it dequantized by x and adds them into its own registers, an fp32
-    partial sum per byte position of the tile, and the tile is summed over K once, after the loop. So the weight
-    goes from the load to an FMA without a round trip through shared memory into a tensor-core layout."""
+    No tl.dot: each thread multiplies the codes it read by x and adds them into its own registers, and the tile is
+    summed over K once, after the loop. The tile is (S, BYTES, BLOCK_N): S groups of BYTES bytes, so a group's
+    scale (S, 1, BLOCK_N) broadcasts over its bytes in registers and multiplies the two inputs of a byte once,
+    (c_even x_even + c_odd x_odd) · scale. X_WORDS: x is 16-bit and read as int32 words, the inputs 2b and 2b + 1
+    of byte b in one word, so x arrives in the tile's own layout, one 4-byte word a byte. The loop is software
+    pipelined (`tl.range(num_stages=NUM_STAGES)`: Triton copies the next tiles into shared memory with cp.async
+    while this one is multiplied), so several tiles a program are in flight: with one at a time the H200 read the
+    weight at 1.2 TB/s, a third of its copy rate (Little's law: bytes in flight = bandwidth × latency)."""
     pid_n, pid_k = tl.program_id(0), tl.program_id(1)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,) output channels
+    S: tl.constexpr = BLOCK_K // GROUP if BLOCK_K >= GROUP else 1
+    BYTES: tl.constexpr = BLOCK_K // 2 // S  # bytes of one group inside the tile
     per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K  # K inputs per slice, whole blocks
+    lo = pid_k * per_split
+    hi = tl.minimum(lo + per_split, K)
     table = codebook_table(codebook_ptr, CODEBOOK)
-    acc = tl.zeros((BLOCK_K // 2, BLOCK_N), dtype=tl.float32)  # (BK/2, BN) partial sums of byte position b, column n
-    for k0 in range(pid_k * per_split, tl.minimum((pid_k + 1) * per_split, K), BLOCK_K):
-        b = tile_bytes(k0, BLOCK_K)  # (BK/2,)
-        w_even, w_odd = dequantize_pairs(
-            k0, b[:, None], cols[None, :], N, K, row_bytes, packed_ptr, scale_ptr, zero_ptr, table, dq_scale_ptr, dq_offset_ptr,
-            dq_table_ptr, GROUP, DQ_GROUP, CODEBOOK, AFFINE, DOUBLE_QUANT, BLOCK_K,
-        )  # (BK/2, BN) each  # fmt: skip
-        x_even = tl.load(x_ptr + 2 * b, mask=2 * b < K, other=0.0).to(tl.float32)  # (BK/2,)
-        x_odd = tl.load(x_ptr + 2 * b + 1, mask=2 * b < K, other=0.0).to(tl.float32)  # (BK/2,)
-        acc += w_even * x_even[:, None] + w_odd * x_odd[:, None]
-    out = tl.sum(acc, axis=0)  # (BLOCK_N,)
-    if HAS_BIAS:
-        out += tl.where(pid_k == 0, tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32), 0.0)
-    tl.atomic_add(out_ptr + cols, out, mask=cols < N)
+    acc = tl.zeros((S, BYTES, BLOCK_N), dtype=tl.float32)  # partial sums of byte position (s, j), column n
+    args = (cols, N, K, row_bytes, x_ptr, packed_ptr, scale_ptr, zero_ptr, dq_scale_ptr, dq_offset_ptr, dq_table_ptr)
+    for k0 in tl.range(lo, hi, BLOCK_K, num_stages=NUM_STAGES):
+        byte, xa, xb, scale, offset = gemv_loads(k0, *args, GROUP, DQ_GROUP, AFFINE, DOUBLE_QUANT, X_WORDS, BLOCK_K, S, BYTES)
+        if X_WORDS:  # one int32 word holds x[2b] (low half) and x[2b + 1] (high half)
+            if X_BF16:  # a bf16 is the top half of an fp32
+                x_even, x_odd = (xa << 16).to(tl.float32, bitcast=True), (xa & -65536).to(tl.float32, bitcast=True)
+            else:
+                x_even = (xa & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
+                x_odd = ((xa >> 16) & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
+        else:
+            x_even, x_odd = xa.to(tl.float32), xb.to(tl.float32)
+        codes = byte.to(tl.int32)
+        offset = offset[:, None, :]
+        w_even, w_odd = code_values(codes >> 4, offset, table, CODEBOOK), code_values(codes & 0xF, offset, table, CODEBOOK)
+        acc += (w_even * x_even + w_odd * x_odd) * scale[:, None, :]
+    tl.atomic_add(sums_ptr + cols, tl.sum(tl.sum(acc, axis=1), axis=0), mask=cols < N)  # (BLOCK_N,) this slice's part
+    if tl.atomic_add(arrived_ptr + pid_n, 1) == SPLIT_K - 1:  # acq_rel: the other slices' sums are in
+        out = tl.atomic_add(sums_ptr + cols, 0.0, mask=cols < N)  # (BLOCK_N,) the whole sums, read where the atomics add
+        tl.store(sums_ptr + cols, tl.zeros_like(out), mask=cols < N)  # every slice has added: nothing else touches them
+        tl.store(arrived_ptr + pid_n, 0)
+        if HAS_BIAS:
+            out += tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)
+        tl.store(out_ptr + cols, out.to(out_ptr.dtype.element_ty), mask=cols < N)
 
 
 TILED_CONFIGS = [
@@ -316,6 +380,20 @@ def weight_args(w: Packed4Bit) -> tuple:
     )  # fmt: skip
 
 
+GEMV_WORKSPACES: dict[tuple[torch.device, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def gemv_workspace(device: torch.device, N: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The GEMV's fp32 sums (N,) and int32 arrival counters (one per column tile of the narrowest config), made
+    zero once per device and width and left zero by every call. Calls on one stream take turns; two streams
+    running GEMVs of the same width at once would share them, which this library never does."""
+    key = (device, N)
+    if key not in GEMV_WORKSPACES:
+        tiles = triton.cdiv(N, min(c["BLOCK_N"] for c in [*GEMV_CONFIGS, GEMV_INTERPRETER_CONFIG]))
+        GEMV_WORKSPACES[key] = torch.zeros(N, dtype=torch.float32, device=device), torch.zeros(tiles, dtype=torch.int32, device=device)
+    return GEMV_WORKSPACES[key]
+
+
 def pick_kernel(M: int) -> str:
     """One token: the GEMV; up to SMALL_M: split-K with tl.dot; more: the tiled GEMM."""
     return "gemv" if M == 1 else "splitk" if M <= SMALL_M else "tiled"
@@ -326,8 +404,8 @@ def w4a16_linear_triton(
 ) -> torch.Tensor:
     """The Triton version of `w4a16_linear_reference`, x (…, K) -> (…, N), written into `out` (M, N) when given (the
     tests fill it with NaN first, so that a tile left unwritten shows). `kernel` ("gemv", "splitk", "tiled"; default
-    `pick_kernel(M)`) names the kernel, for tests and benchmarks. The GEMV and split-K kernels add into a zeroed
-    fp32 buffer, then copied into `out`."""
+    `pick_kernel(M)`) names the kernel, for tests and benchmarks. The split-K kernel adds into a zeroed fp32
+    buffer, then copied into `out`; the GEMV writes `out` itself (see its docstring)."""
     if not w.kernel_ready:
         raise InputError(f"the W4A16 kernels need K even and a whole number of power-of-two groups; got (N, K) = {w.shape}, "
                          f"group {w.group_size}: use w4a16_linear, which sends such weights to the reference")
@@ -342,13 +420,16 @@ def w4a16_linear_triton(
     out = torch.empty(M, N, dtype=x.dtype, device=x.device) if out is None else out
     dot = {"DOT_PRECISION": "ieee" if x.dtype == torch.float32 else None}  # the tl.dot kernels; fp32: no TF32
     shape = (M, N, K, K // 2, triton.next_power_of_2(M))  # M, N, K, row_bytes, M_CLASS
-    if kernel in ("gemv", "splitk"):
+    grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), meta["SPLIT_K"])  # noqa: E731
+    if kernel == "gemv":
+        words = x.dtype in (torch.bfloat16, torch.float16)  # two 16-bit inputs a 4-byte word: see the kernel
+        sums, arrived = gemv_workspace(x.device, N)
+        w4a16_gemv_kernel[grid](x2.view(torch.int32) if words else x2, out, bias, sums, arrived, N, K, K // 2, *weight_args(w),
+                                **flags, X_WORDS=words, X_BF16=x.dtype == torch.bfloat16)  # fmt: skip
+        return out.view(*lead, N)
+    if kernel == "splitk":
         acc = torch.zeros(M, N, dtype=torch.float32, device=x.device)
-        grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), meta["SPLIT_K"])  # noqa: E731
-        if kernel == "gemv":
-            w4a16_gemv_kernel[grid](x2, acc, bias, N, K, K // 2, *weight_args(w), **flags)
-        else:
-            w4a16_splitk_kernel[grid](x2, acc, bias, *shape, *weight_args(w), **flags, **dot, BLOCK_M=SMALL_M)
+        w4a16_splitk_kernel[grid](x2, acc, bias, *shape, *weight_args(w), **flags, **dot, BLOCK_M=SMALL_M)
         return out.copy_(acc).view(*lead, N)
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
     w4a16_tiled_kernel[grid](x2, out, bias, *shape, *weight_args(w), **flags, **dot)
