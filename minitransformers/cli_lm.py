@@ -1,4 +1,4 @@
-"""The decoder's commands: `generate`, `chat`, `perplexity`, `tokenize` (cli.py registers them with the others)."""
+"""The decoder's commands: `generate`, `chat`, `perplexity`, `tokenize`, `dpo` (cli.py registers them with the others)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import sys
 
 from .errors import InputError
-from .cli_args import count, device, nonnegative_float, positive_float, positive_int, probability
+from .cli_args import count, device, fraction, nonnegative_float, positive_float, positive_int, probability
 from .recipes import config_from, default_device
 
 MODEL_HELP = "data/smollm2 (fetch smollm2 first), a .gguf file, or an HF LlamaForCausalLM folder"
@@ -79,6 +79,31 @@ def cmd_tokenize(args) -> None:
         print(f"{i}\t{tokenizer.decode([i])!r}")
 
 
+def lora_options(args):
+    """--method lora / qlora's flags as its options dataclass (unset flags take its defaults); refused with full."""
+    from .peft.methods import method_config
+
+    given = {"r": args.lora_r, "alpha": args.lora_alpha, "dropout": args.lora_dropout, "targets": tuple(args.lora_targets) if args.lora_targets else None}
+    given = {name: value for name, value in given.items() if value is not None} | ({"double_quant": False} if args.no_double_quant else {})
+    if args.method == "full" and given:
+        raise InputError(f"--lora-* and --no-double-quant apply to --method lora / qlora, not full; drop {', '.join(given)}")
+    if args.method == "lora" and "double_quant" in given:
+        raise InputError("--no-double-quant applies to --method qlora only; drop it")
+    return method_config(args.method, given) if args.method != "full" else None
+
+
+def cmd_dpo(args) -> None:
+    from .recipes import dpo
+    from .recipes.outputs import check_new_run
+
+    args.resume |= args.resume_anyway
+    config = config_from(dpo.DPOConfig, args, method_options=lora_options(args))
+    check_new_run(args.out, {"--model": args.model, "--data": args.data, "--eval-data": args.eval_data}, args.resume, args.overwrite)
+    metrics = dpo.run(config)
+    if args.json and metrics:
+        print(json.dumps(metrics))
+
+
 def add_lm_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--device", default=default_device(), type=device, help="torch device (default: cuda if available, else cpu)")
@@ -125,3 +150,43 @@ def add_parsers(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the ids as one JSON list")
     p.add_argument("file", metavar="FILE")
     p.set_defaults(run=cmd_tokenize)
+
+    p = sub.add_parser("dpo", help="preference-tune a causal LM with DPO", description="Direct Preference Optimization (Rafailov et al. 2023, eq. 7) on pairs {prompt, chosen, rejected}, plain strings or conversations, tokenized as TRL's DPOTrainer does. The reference is the starting model, frozen: a copy (full), the policy with LoRA off (lora, qlora), or log-probs precomputed before training (--precompute-reference). Writes metrics.jsonl, checkpoint.pt, the best model by validation loss (an HF Llama folder for full; adapter.json + adapter.safetensors over --model otherwise; both with the tokenizer, so --model accepts the folder again) and metrics.json with TRL's metrics on the validation pairs: rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins, logps/chosen, logps/rejected.")
+    add_dpo_args(p)
+    p.set_defaults(run=cmd_dpo)
+
+
+def add_dpo_args(p: argparse.ArgumentParser) -> None:
+    from .cli import add_run_args
+
+    p.add_argument("--model", required=True, help=f"the starting policy, also the reference: {MODEL_HELP}, or an sft / dpo run folder")
+    p.add_argument("--data", required=True, help='preference pairs, JSONL: {"prompt", "chosen", "rejected"} per line, all strings or all conversations (lists of {"role", "content"})')
+    p.add_argument("--eval-data", help="validation pairs, same format (default: every 10th pair of --data, held out)")
+    p.add_argument("--out", required=True, help="run folder: metrics, checkpoint, the best model and its tokenizer")
+    p.add_argument("--beta", type=positive_float, default=0.1, help="β, the strength of the KL penalty to the reference; lower lets the policy move further (default: 0.1, the paper's and TRL's)")
+    p.add_argument("--precompute-reference", action="store_true", help="compute the reference's log-probs of every pair once before training: no reference copy or second forward during training")
+    p.add_argument("--template", choices=("chatml", "smollm2"), help="render conversations with this chat template instead of the model's own")
+    p.add_argument("--max-length", type=positive_int, default=1024, help="keep the first N tokens of prompt + completion; pairs whose prompt alone is this long are skipped, counted (default: 1024, TRL's)")
+    p.add_argument("--epochs", type=positive_int, default=1, help="passes over the pairs (default: 1)")
+    p.add_argument("--max-steps", type=count, default=0, help="stop after this many optimizer steps (default: 0, the epochs decide)")
+    p.add_argument("--lr", type=positive_float, default=1e-6, help="peak learning rate (default: 1e-6, the paper's and TRL's, for full; LoRA usually wants 1e-5 to 1e-4)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="pairs per micro-step over all processes; each pair is two sequences (default: 8, TRL's)")
+    p.add_argument("--grad-accum", type=positive_int, default=1, help="micro-steps per optimizer step (default: 1)")
+    p.add_argument("--warmup", type=fraction, default=0.1, help="fraction of the steps for linear warmup (default: 0.1)")
+    p.add_argument("--schedule", choices=("linear", "cosine"), default="linear", help="decay after warmup (default: linear)")
+    p.add_argument("--weight-decay", type=nonnegative_float, default=0.0, help="AdamW decay (default: 0, TRL's)")
+    p.add_argument("--max-grad-norm", type=positive_float, default=1.0, help="clip the gradient norm to this (default: 1.0)")
+    p.add_argument("--eval-every", type=count, default=0, help="evaluate and checkpoint every N steps (default: 0, each epoch end)")
+    p.add_argument("--eval-batch-size", type=positive_int, default=16, help="pairs per validation (and precompute) batch (default: 16)")
+    p.add_argument("--seed", type=count, default=0, help="seeds the data order and LoRA's initialisation (default: 0)")
+    p.add_argument("--device", default=default_device(), type=device, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast dtype on CUDA; CPU runs fp32 (default: fp32)")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute each decoder layer in the backward pass instead of keeping its activations")
+    g = p.add_argument_group("method", "what trains; the reference is always the starting model")
+    g.add_argument("--method", default="full", choices=("full", "lora", "qlora"), help="full: every weight; lora: low-rank updates; qlora: lora over a frozen NF4 base (default: full)")
+    g.add_argument("--lora-r", type=positive_int, help="lora, qlora: rank r (default: 8)")
+    g.add_argument("--lora-alpha", type=positive_float, help="lora, qlora: the update is scaled by alpha / r (default: 16)")
+    g.add_argument("--lora-dropout", type=fraction, help="lora, qlora: dropout on the input of the low-rank path (default: 0)")
+    g.add_argument("--lora-targets", nargs="+", help="lora, qlora: adapt the linears whose names end with these (default: query value for lora; every Linear of the layers for qlora)")
+    g.add_argument("--no-double-quant", action="store_true", help="qlora: keep the NF4 block absmax in float32 instead of 8 bits")
+    add_run_args(p)

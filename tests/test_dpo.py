@@ -14,13 +14,16 @@ from tokenizers import AddedToken
 from tokenizers import Tokenizer as RustTokenizer
 from tokenizers import models, pre_tokenizers
 
+from minitransformers.cli import main
 from minitransformers.config import DecoderConfig
 from minitransformers.errors import InputError
+from minitransformers.model.causal_lm import CausalLM
 from minitransformers.peft import add_lora, add_qlora
+from minitransformers.recipes.dpo import load_policy, save_tokenizer
 from minitransformers.text.bpe import PRE_TOKENIZERS, BPETokenizer, byte_level_pipeline
 from minitransformers.text.chat import CHATML_SOURCE, ChatTemplate
 from minitransformers.text.preference import collate_pairs, load_pairs, tokenize_pair
-from minitransformers.train.dpo import DPO, frozen_copy, precompute_reference_logps
+from minitransformers.train.dpo import DPO, METRICS, frozen_copy, precompute_reference_logps
 from minitransformers.train.trainer import TrainConfig, Trainer
 
 MERGES = [("Ġ", "g"), ("o", "o"), ("Ġg", "oo"), ("Ġ", "b"), ("a", "d")]  # a few merges, so tokens span characters
@@ -228,3 +231,30 @@ def test_plain_completions_end_with_eos_and_chat_completions_with_the_end_of_tur
     chat = tokenize_pair(CHAT[0], tokenizer, ChatTemplate.named("chatml"))
     assert tokenizer.decode(plain.prompt_ids + plain.chosen_ids) == "The film was good.<|im_end|>"
     assert tokenizer.decode(chat.chosen_ids) == "Good.<|im_end|>\n" and tokenizer.decode(chat.prompt_ids).endswith("<|im_start|>assistant\n")
+
+
+# --- the recipe and the command line --------------------------------------------------------------------------------
+
+
+def test_cli_dpo_trains_lora_then_full_from_that_run_writing_trl_metrics(tmp_path, tokenizer, capsys):
+    start = tmp_path / "start"
+    start.mkdir()
+    random_causal_lm(CONFIG).save_pretrained(start)
+    save_tokenizer(tokenizer, start)
+    pairs = [{"prompt": f"Review {i}:", "chosen": " good" * (1 + i % 3), "rejected": " bad" * (1 + i % 2)} for i in range(18)] + CHAT[:2]
+    data = write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    common = ["--data", data, "--device", "cpu", "--lr", "1e-2", "--batch-size", "6", "--max-steps", "3", "--max-length", str(MAX_LENGTH), "--json"]
+    main(["dpo", "--model", str(start), "--out", str(tmp_path / "lora"), "--method", "lora", "--lora-r", "4", *common])
+    metrics = json.loads(capsys.readouterr().out)
+    assert (metrics["train_pairs"], metrics["validation_pairs"], metrics["steps"], metrics["reference"]) == (18, 2, 3, "lora switched off")
+    assert metrics["validation_rewards/margins"] > 0 and metrics["validation_loss"] < math.log(2)
+    assert (tmp_path / "lora" / "adapter.json").is_file() and not (tmp_path / "lora" / "model.safetensors").exists()
+
+    policy, reloaded_tokenizer = load_policy(tmp_path / "lora")  # the start with LoRA merged in: another model
+    ids = torch.tensor([reloaded_tokenizer.encode("Review 1: good")])
+    assert not torch.allclose(policy(ids), CausalLM.from_pretrained(start)(ids))
+    main(["dpo", "--model", str(tmp_path / "lora"), "--out", str(tmp_path / "full"), "--precompute-reference", *common])
+    metrics = json.loads(capsys.readouterr().out)
+    assert (metrics["reference"], metrics["method"], metrics["trainable_parameters"]) == ("precomputed", "full", metrics["total_parameters"])
+    assert set(METRICS) <= {k.removeprefix("validation_") for k in metrics}
+    assert (tmp_path / "full" / "model.safetensors").is_file() and load_policy(tmp_path / "full")[0].config == CONFIG

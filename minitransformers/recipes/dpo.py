@@ -1,0 +1,206 @@
+"""The DPO recipe behind `python -m minitransformers dpo`: a policy, preference pairs -> Trainer with the DPO task.
+
+Rafailov et al. 2023 (train/dpo.py has the loss): the policy starts from an instruction-tuned model (SmolLM2's GGUF,
+an HF Llama folder, or an `sft` / `dpo` run folder), and the reference is that same starting model, frozen:
+
+    --method full    every weight trains; the reference is a frozen copy (one more set of weights in memory)
+    --method lora    LoRA on query and value (peft/lora.py); the reference is the policy with LoRA switched off
+    --method qlora   LoRA over an NF4 base (peft/qlora.py); the reference is the NF4 base, LoRA off
+    --precompute-reference   any method: the reference's log-probs of every pair are computed once, before
+                     training (one pass over the data), and neither a copy nor a second forward is needed after
+
+Defaults are TRL's DPOConfig (which follows the paper): β = 0.1, learning rate 1e-6 (the paper's, with RMSprop and
+batch 64; LoRA usually wants 1e-5 to 1e-4), AdamW without weight decay, max_length 1024, batch 8. Validation: the
+pairs of --eval-data, else every 10th pair of --data, held out; the best model by validation loss is kept.
+
+A run folder holds what `load_policy` reads back: for full, an HF LlamaForCausalLM folder; for lora / qlora,
+`adapter.json` (method, options, the starting model as given) and `adapter.safetensors` (A and B), loaded as the
+starting model with the update merged into it; both with tokenizer.json and tokenizer_config.json (EOS, pad and
+the chat template), and metrics.json: TRL's reward metrics on the validation pairs (train/dpo.py) of the best model.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import InputError
+from ..io import hf
+from ..io.manifest import publish
+from ..io.safetensors import load_file, save_file
+from ..model.causal_lm import CausalLM
+from ..peft.common import count_parameters, load_trainable_state_dict, parameter_summary, trainable_state_dict
+from ..peft.lora import merge_lora
+from ..peft.methods import CONFIG_FILE, WEIGHTS_FILE, apply_method, method_config
+from ..peft.qlora import merge_qlora
+from ..text.bpe import BPETokenizer
+from ..text.preference import PreferencePair, collate_pairs, load_pairs, read_pairs
+from ..train import checkpoint, distributed
+from ..train.dpo import DPO, frozen_copy, precompute_reference_logps
+from ..train.trainer import TrainConfig, Trainer
+from . import default_device, max_length_for
+from .finetune import options_dict, peak_memory_mb
+from .generate import chat_template, load_tokenizer
+from .outputs import check_out, identity, write_json
+
+METHODS = {"full": None, "lora": merge_lora, "qlora": merge_qlora}  # method -> how a saved run folds it in
+
+
+@dataclass
+class DPOConfig:
+    """`dpo`'s options: a field per flag, at the flag's default; the method's flags make `method_options`."""
+
+    model: str  # the starting policy, and the reference: a GGUF file or folder, an HF Llama folder, an sft/dpo run
+    data: str  # preference pairs, JSONL (text/preference.py)
+    out: str  # the run folder
+    eval_data: str | None = None  # validation pairs; None: every 10th pair of data
+    beta: float = 0.1
+    precompute_reference: bool = False
+    template: str | None = None  # a chat template name instead of the model's own
+    max_length: int = 1024
+    epochs: int = 1
+    max_steps: int = 0
+    lr: float = 1e-6
+    batch_size: int = 8  # pairs a step, over all processes
+    grad_accum: int = 1
+    warmup: float = 0.1
+    schedule: str = "linear"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    eval_every: int = 0
+    eval_batch_size: int = 16
+    seed: int = 0
+    device: str = field(default_factory=default_device)
+    precision: str = "fp32"
+    gradient_checkpointing: bool = False
+    resume: bool = False
+    resume_anyway: bool = False
+    method: str = "full"
+    method_options: Any = None  # LoRAConfig / QLoRAConfig, or None for the method's defaults
+
+
+def load_policy(path: str | Path) -> tuple[CausalLM, BPETokenizer]:
+    """A causal LM and its tokenizer from a GGUF file or folder, an HF Llama folder (a full run's), or a lora /
+    qlora run folder: its starting model (read the same way, so runs chain) with the trained update merged in."""
+    path = Path(path)
+    if not (path / CONFIG_FILE).is_file():
+        tokenizer = BPETokenizer.from_file(path / "tokenizer.json") if (path / "tokenizer.json").is_file() else load_tokenizer(path)
+        return CausalLM.from_pretrained(path), tokenizer
+    config = hf.read_json(path / CONFIG_FILE, "a dpo or sft run's adapter.json")
+    if not isinstance(config, dict) or config.get("method") not in ("lora", "qlora") or not isinstance(config.get("base_model"), str):
+        raise InputError(f"{path / CONFIG_FILE}: expected {{method: lora or qlora, options, base_model}}, found {config!r:.200}")
+    model, _ = load_policy(config["base_model"])
+    apply_method(model, config["method"], method_config(config["method"], config.get("options")))
+    load_trainable_state_dict(model, load_file(path / WEIGHTS_FILE), path / WEIGHTS_FILE)
+    return METHODS[config["method"]](model), BPETokenizer.from_file(path / "tokenizer.json")
+
+
+def save_policy(model: CausalLM, folder: Path, method: str, options: dict, start: str) -> None:
+    """What `load_policy` reads: the whole model for full; else adapter.json and the trained tensors."""
+    if method == "full":
+        return model.save_pretrained(folder)
+    save_file({k: v.contiguous() for k, v in trainable_state_dict(model).items()}, folder / WEIGHTS_FILE, metadata={"format": "pt"})
+    (folder / CONFIG_FILE).write_text(json.dumps({"method": method, "options": options, "base_model": start}, indent=2) + "\n")
+
+
+def save_tokenizer(tokenizer: BPETokenizer, folder: Path) -> None:
+    """tokenizer.json, and tokenizer_config.json with the special tokens and the chat template (BPETokenizer.from_file's)."""
+    tokenizer.tokenizer.save(str(folder / "tokenizer.json"))
+    ids = {"bos_token": tokenizer.bos_id, "eos_token": tokenizer.eos_id, "pad_token": tokenizer.pad_id}
+    config = {name: tokenizer.tokenizer.id_to_token(i) for name, i in ids.items() if i is not None}
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": tokenizer.chat_template}, indent=2) + "\n")
+
+
+def splits(config: DPOConfig, tokenizer: BPETokenizer, max_length: int) -> tuple[list[PreferencePair], list[PreferencePair], dict]:
+    """The training and validation pairs, and how many of each were skipped (text/preference.py says why)."""
+    files = [config.data] + ([config.eval_data] if config.eval_data else [])
+    conversations = any(isinstance(example["prompt"], list) for path in files for _, example in read_pairs(path))
+    template = chat_template(tokenizer, config.template) if conversations else None  # plain pairs need none
+    train, skipped = load_pairs(config.data, tokenizer, template, max_length)
+    if config.eval_data is None:
+        train, validation, held = [p for i, p in enumerate(train) if i % 10 != 9], train[9::10], skipped
+        if not validation:
+            raise InputError(f"{config.data}: {len(train)} pairs hold out no validation pair (every 10th); give --eval-data")
+    else:
+        validation, held = load_pairs(config.eval_data, tokenizer, template, max_length)
+    counts = {"train_pairs": len(train), "validation_pairs": len(validation), "skipped_long_prompt": skipped.long_prompt,
+              "skipped_equal_after_truncation": skipped.equal_after_truncation}  # fmt: skip
+    if config.eval_data is not None:
+        counts.update(validation_skipped=held.long_prompt + held.equal_after_truncation)
+    return train, validation, counts
+
+
+def best_validation(out: Path) -> dict:
+    """The validation metrics of the saved (lowest validation loss) model, from the run's metrics.jsonl."""
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [row for row in rows if "validation_loss" in row]
+    return min(rows, key=lambda row: row["validation_loss"])
+
+
+def trainer_batch(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def reference_kind(config: DPOConfig) -> str:
+    if config.precompute_reference:
+        return "precomputed"
+    return "frozen copy" if config.method == "full" else f"{config.method} switched off"
+
+
+def run(config: DPOConfig) -> dict:
+    """Train the policy with DPO as `config` says; returns the final metrics (on the main process)."""
+    if config.method not in METHODS:
+        raise InputError(f"--method {config.method!r}: dpo trains with one of {', '.join(METHODS)}")
+    world = distributed.init(config.device)
+    out = check_out(config.out, {"--model": config.model, "--data": config.data, "--eval-data": config.eval_data})
+    checkpoint.seed_everything(config.seed)
+    model, tokenizer = load_policy(config.model)
+    if tokenizer.pad_id is None:
+        tokenizer.pad_id = tokenizer.eos_id  # as TRL
+    max_length = max_length_for(config.max_length, model.config.max_position_embeddings)
+    train, validation, counts = splits(config, tokenizer, max_length)
+    collate = lambda items: collate_pairs(items, tokenizer.pad_id)  # noqa: E731
+
+    model = model.to(world.device)
+    reference = frozen_copy(model) if config.method == "full" and not config.precompute_reference else None
+    method = method_config(config.method, config.method_options)
+    options = options_dict(method)
+    apply_method(model, config.method, method)
+    model.decoder.gradient_checkpointing = config.gradient_checkpointing
+    if config.precompute_reference:  # the starting model's log-probs, before any step (a method starts as the identity)
+        for pairs in (train, validation):
+            batches = (trainer_batch(collate(pairs[i : i + config.eval_batch_size]), world.device) for i in range(0, len(pairs), config.eval_batch_size))
+            for pair, logps in zip(pairs, precompute_reference_logps(model.eval(), batches).tolist()):
+                pair.reference_logps = tuple(logps)
+    if world.is_main:
+        print(f"dpo {config.method}: {parameter_summary(model)}; reference: {reference_kind(config)}", file=sys.stderr)
+    if world.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(world.device)
+    train_config = TrainConfig(**{f.name: getattr(config, f.name) for f in fields(TrainConfig) if hasattr(config, f.name)}, metric="loss")
+    trainer = Trainer(
+        model, DPO(config.beta, reference), train, validation, collate, [len(p) for p in train], train_config, world,
+        save=lambda best, folder: save_policy(best, folder, config.method, options, config.model),
+        identity={**identity(config.model, config.data), "method": config.method, "method_options": options, "beta": config.beta,
+                  "max_length": max_length, "reference": reference_kind(config), "eval_data": config.eval_data},
+    )  # fmt: skip
+    if world.is_main:
+        with publish(out) as stage:
+            save_tokenizer(tokenizer, stage)
+    result = trainer.fit(resume=config.resume, anyway=config.resume_anyway)
+
+    metrics = {}
+    if world.is_main:
+        best = best_validation(out)
+        metrics.update({k: v for k, v in best.items() if k.startswith("validation_")}, best_step=best["step"])
+        trainable, total = count_parameters(model), count_parameters(model, trainable_only=False)
+        metrics.update(result, **counts, beta=config.beta, reference=reference_kind(config), method=config.method, method_options=options,
+                       trainable_parameters=trainable, total_parameters=total, device=str(world.device), world_size=world.size,
+                       peak_memory_mb=peak_memory_mb(world.device))  # fmt: skip
+        write_json(out, "metrics.json", metrics)
+    distributed.shutdown(world)
+    return metrics
