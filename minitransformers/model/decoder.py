@@ -20,6 +20,14 @@ Masking: the bias added to the attention scores is 0 where query slot t may see 
 padding) and the most negative float elsewhere (B, 1, T, S). With a KV cache (kv_cache.py) slots are cache
 positions; without one, slot = position in the input. Positions for the rotary angles are `position_ids`, by
 default the slots, as in `transformers`; generation passes each row's count of real tokens (left padding).
+
+Packing (SFT, text/sft.py) puts several examples in one row. attention_mask then numbers them, 0 for padding:
+
+    attention_mask  1 1 1 2 2 3 3 3 0 0      three examples and two padding slots
+    position_ids    0 1 2 0 1 0 1 2 0 0      each example starts again at 0
+
+and a token sees the earlier tokens of its own example only (a block-diagonal causal mask), so each example is
+computed as if it were alone in its row. The usual 0/1 mask is the case of one example a row.
 """
 
 from __future__ import annotations
@@ -97,11 +105,14 @@ class DecoderLayer(nn.Module):
 
 def causal_bias(attention_mask: torch.Tensor | None, cache_position: torch.Tensor, keys: int, batch: int, dtype: torch.dtype) -> torch.Tensor:
     """The additive mask (B, 1, T, S): 0 where query slot cache_position[t] may attend to key slot s, that is
-    s ≤ cache_position[t] and attention_mask[b, s] = 1, and the most negative finite float elsewhere."""
+    s ≤ cache_position[t] and attention_mask[b, s] = attention_mask[b, cache_position[t]] (the same example; a
+    padding slot sees only padding, so no row is empty), and the most negative finite float elsewhere."""
     slots = torch.arange(keys, device=cache_position.device)  # (S,)
     allowed = slots[None, None, None, :] <= cache_position[None, None, :, None]  # (1, 1, T, S)
     if attention_mask is not None:
-        allowed = allowed & attention_mask[:, None, None, :keys].bool()  # (B, 1, T, S)
+        key_ids = attention_mask[:, :keys]  # (B, S): 0 padding, k the k-th example of the row
+        query_ids = key_ids[:, cache_position]  # (B, T)
+        allowed = allowed & (key_ids[:, None, None, :] == query_ids[:, None, :, None])  # (B, 1, T, S)
     bias = torch.zeros(allowed.shape, dtype=dtype, device=cache_position.device)
     return bias.masked_fill_(~allowed, torch.finfo(dtype).min).expand(batch, 1, -1, -1)
 
@@ -126,9 +137,10 @@ class Decoder(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=std)
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, caches=None, cache_position=None, inputs_embeds=None) -> torch.Tensor:
-        """input_ids (B, T) -> (B, T, H). attention_mask: 1 = token, 0 = padding, over the T inputs, or over the
-        S cache slots when `caches` (kv_cache.make_caches) are given with the slots `cache_position` (T,) to
-        write. position_ids (B, T): the rotary positions, by default the slots."""
+        """input_ids (B, T) -> (B, T, H). attention_mask: 1 = token, 0 = padding (or packed examples numbered 1, 2,
+        …; module docstring), over the T inputs, or over the S cache slots when `caches` (kv_cache.make_caches) are
+        given with the slots `cache_position` (T,) to write. position_ids (B, T): the rotary positions, by default
+        the slots."""
         if (input_ids is None) == (inputs_embeds is None):
             raise InputError("give exactly one of input_ids and inputs_embeds")
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)

@@ -67,16 +67,26 @@ class ChatTemplate:
 
     def render(self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = False) -> str:
         """The prompt for `messages` (dicts with a role and a content string), as the Jinja template writes it."""
+        prompt, _ = self.render_with_spans(messages)
+        return prompt + ("<|im_start|>assistant\n" if add_generation_prompt else "")
+
+    def render_with_spans(self, messages: Sequence[Mapping[str, str]]) -> tuple[str, list[tuple[int, int]]]:
+        """The rendered conversation and, for each message, the character span [start, end) of what the model writes
+        in that turn: its content and the end of turn, `content<|im_end|>\n`, after the `<|im_start|>role\n` header
+        (the header is the generation prompt, so it is context, not response). SFT trains on the assistant's spans."""
         if not messages:
             raise InputError("cannot render an empty conversation; pass at least one message (transformers refuses it too)")
         for i, message in enumerate(messages):
             if not isinstance(message.get("role"), str) or not isinstance(message.get("content"), str):
                 raise InputError(f"message {i} is {dict(message)!r}; expected a dict with string 'role' and 'content'")
         turns = [(m["role"], m["content"]) for m in messages]
-        if self.default_system is not None and turns[0][0] != "system":
-            turns.insert(0, ("system", self.default_system))
-        prompt = "".join(f"<|im_start|>{role}\n{content}<|im_end|>\n" for role, content in turns)
-        return prompt + ("<|im_start|>assistant\n" if add_generation_prompt else "")
+        prompt = f"<|im_start|>system\n{self.default_system}<|im_end|>\n" if self.default_system is not None and turns[0][0] != "system" else ""
+        spans = []
+        for role, content in turns:
+            prompt += f"<|im_start|>{role}\n"
+            spans.append((len(prompt), len(prompt) + len(content) + len("<|im_end|>\n")))
+            prompt += f"{content}<|im_end|>\n"
+        return prompt, spans
 
 
 TEMPLATES = {"chatml": ChatTemplate("chatml"), "smollm2": ChatTemplate("smollm2", default_system=SMOLLM2_SYSTEM)}

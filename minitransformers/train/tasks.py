@@ -82,3 +82,32 @@ class MaskedLanguageModeling:
             n += targets.numel()
         loss = total / max(1, n)
         return {"loss": loss, "accuracy": correct / max(1, n), "perplexity": math.exp(min(loss, 50.0))}
+
+
+class SupervisedFineTuning:
+    """SFT of a causal LM (InstructGPT, Ouyang et al. 2022, section 3.5; text/sft.py makes the labels): next-token
+    cross-entropy, the logits at position t scored against labels[t + 1], summed over the labels that are not -100
+    (the responses, or every token). Scored by that loss, per label token, and its perplexity exp(loss), as TRL's
+    SFTTrainer computes them (sum / number of label tokens; tests/test_sft.py holds the two equal)."""
+
+    metrics = ("loss", "perplexity")
+
+    @staticmethod
+    def inputs(batch: dict) -> dict:
+        return {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
+
+    def count(self, batch: dict) -> int:
+        return int((batch["labels"][:, 1:] != -100).sum())
+
+    def loss_sum(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        logits = model(**self.inputs(batch))[:, :-1]  # (B, T - 1, V): position t predicts token t + 1
+        return F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=-100, reduction="sum")
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches: Iterable[dict]) -> dict[str, float]:
+        total, n = 0.0, 0
+        for batch in batches:
+            total += self.loss_sum(model, batch).item()
+            n += self.count(batch)
+        loss = total / max(1, n)
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": n}

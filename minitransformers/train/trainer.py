@@ -134,7 +134,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         loss = (all_reduce_sum(total, w) / n_step).item()
-        return loss, grad_norm.item(), sum(int(m["attention_mask"].sum()) for m in micro)
+        return loss, grad_norm.item(), sum(int((m["attention_mask"] != 0).sum()) for m in micro)  # packed masks number examples
 
     # ---- evaluation, logging, checkpoints ---------------------------------------------------------------
     def evaluate(self, examples: Sequence, model: nn.Module | None = None, desc: str = "evaluate") -> dict[str, float]:
