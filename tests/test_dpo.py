@@ -114,6 +114,21 @@ def test_pairs_loss_and_reward_metrics_equal_trl_dpo_trainer(tmp_path, transform
     assert ours_metrics["rewards/chosen"] != 0 and 0 < ours_metrics["rewards/accuracies"] < 1  # the comparison is not vacuous
 
 
+def test_smollm2_pairs_tokenize_as_trl_with_transformers_tokenizer_of_the_same_gguf(tmp_path, transformers, smollm2_tokenizer, hf_smollm2_tokenizer):
+    """The real tokenizer and chat template (SmolLM2's default system message, `<|im_end|>` as EOS): both formats."""
+    trl = pytest.importorskip("trl", reason="trl is not installed; pip install the test extra")
+    datasets = pytest.importorskip("datasets", reason="datasets is not installed; pip install the test extra")
+    tiny = transformers.LlamaConfig(vocab_size=smollm2_tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, intermediate_size=16)
+    args = trl.DPOConfig(output_dir=str(tmp_path / "trl"), max_length=256, bf16=False, use_cpu=True, gradient_checkpointing=False, report_to="none")
+    template = ChatTemplate.from_string(smollm2_tokenizer.chat_template)
+    for pairs in (PLAIN, CHAT):
+        model = transformers.LlamaForCausalLM(tiny)
+        trainer = trl.DPOTrainer(model, copy.deepcopy(model), args, train_dataset=datasets.Dataset.from_list(pairs), processing_class=hf_smollm2_tokenizer)
+        theirs = [(t["prompt_ids"], t["chosen_ids"], t["rejected_ids"]) for t in trainer.train_dataset]
+        ours = [tokenize_pair(p, smollm2_tokenizer, template) for p in pairs]
+        assert [(p.prompt_ids, p.chosen_ids, p.rejected_ids) for p in ours] == theirs and len(theirs) == len(pairs)
+
+
 # --- invariants (torch only) ----------------------------------------------------------------------------------------
 
 

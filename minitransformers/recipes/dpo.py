@@ -122,16 +122,18 @@ def splits(config: DPOConfig, tokenizer: BPETokenizer, max_length: int) -> tuple
     conversations = any(isinstance(example["prompt"], list) for path in files for _, example in read_pairs(path))
     template = chat_template(tokenizer, config.template) if conversations else None  # plain pairs need none
     train, skipped = load_pairs(config.data, tokenizer, template, max_length)
+    if skipped.places:
+        print(f"{config.data}: skipped {skipped.long_prompt} pairs whose prompt has {max_length} tokens or more and "
+              f"{skipped.equal_after_truncation} whose completions are equal once truncated (--max-length): {', '.join(skipped.places[:5])}", file=sys.stderr)  # fmt: skip
+    counts = {"skipped_long_prompt": skipped.long_prompt, "skipped_equal_after_truncation": skipped.equal_after_truncation}
     if config.eval_data is None:
-        train, validation, held = [p for i, p in enumerate(train) if i % 10 != 9], train[9::10], skipped
+        train, validation = [p for i, p in enumerate(train) if i % 10 != 9], train[9::10]
         if not validation:
             raise InputError(f"{config.data}: {len(train)} pairs hold out no validation pair (every 10th); give --eval-data")
     else:
         validation, held = load_pairs(config.eval_data, tokenizer, template, max_length)
-    counts = {"train_pairs": len(train), "validation_pairs": len(validation), "skipped_long_prompt": skipped.long_prompt,
-              "skipped_equal_after_truncation": skipped.equal_after_truncation}  # fmt: skip
-    if config.eval_data is not None:
-        counts.update(validation_skipped=held.long_prompt + held.equal_after_truncation)
+        counts["validation_skipped"] = len(held.places)
+    counts.update(train_pairs=len(train), validation_pairs=len(validation))
     return train, validation, counts
 
 

@@ -119,6 +119,8 @@ def tokenize_pair(example: dict, tokenizer: BPETokenizer, template: ChatTemplate
     """prompt, chosen, rejected -> ids, as TRL's DPOTrainer tokenizes them (the module docstring), not truncated."""
     prompt, chosen, rejected = (example[k] for k in KEYS)
     if isinstance(prompt, str):
+        if tokenizer.eos_id is None:
+            raise InputError("plain-string pairs end each completion with EOS (as TRL), but this tokenizer has none; set tokenizer.eos_id")
         eos = tokenizer.tokenizer.id_to_token(tokenizer.eos_id)
         chosen, rejected = (c if c.endswith(eos) else c + eos for c in (chosen, rejected))
         prompt_ids, *full = (tokenizer.encode(text, add_special_tokens=True) for text in (prompt, prompt + chosen, prompt + rejected))
@@ -141,7 +143,10 @@ def load_pairs(path: str | Path, tokenizer: BPETokenizer, template: ChatTemplate
     """Read, check, tokenize and truncate the pairs of a JSONL file -> the pairs kept, and what was skipped."""
     kept, skipped = [], Skipped()
     for where, example in read_pairs(path):
-        pair = tokenize_pair(example, tokenizer, template)
+        try:
+            pair = tokenize_pair(example, tokenizer, template)
+        except InputError as err:  # a message the template refuses
+            raise InputError(f"{where}: {err}") from None
         if len(pair.prompt_ids) >= max_length:
             skipped.long_prompt += 1
         elif (pair := truncate(pair, max_length)).chosen_ids == pair.rejected_ids:

@@ -63,10 +63,11 @@ def completion_logps(model: nn.Module, batch: dict) -> torch.Tensor:
 
 
 def dpo_loss(policy_logps: torch.Tensor, reference_logps: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Eq. 7 over (2B,) log-probs, chosen rows first -> the loss of each pair (B,) and the implied rewards of its
-    chosen and rejected completions, β (log π_θ − log π_ref), each (B,)."""
-    chosen_rewards, rejected_rewards = (beta * (policy_logps - reference_logps)).chunk(2)  # (B,), (B,)
-    return -F.logsigmoid(chosen_rewards - rejected_rewards), chosen_rewards, rejected_rewards
+    """Eq. 7 over (2B,) log-probs, chosen rows first -> the loss of each pair (B,) and the rewards its chosen and
+    rejected completions imply, β (log π_θ − log π_ref), each (B,)."""
+    chosen_logratios, rejected_logratios = (policy_logps - reference_logps).chunk(2)  # (B,), (B,)
+    loss = -F.logsigmoid(beta * (chosen_logratios - rejected_logratios))
+    return loss, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:
