@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from conftest import hf_llama_of, random_causal_lm
+from conftest import final_weights, hf_llama_of, random_causal_lm
 from tokenizers import AddedToken
 from tokenizers import Tokenizer as RustTokenizer
 from tokenizers import models, pre_tokenizers
@@ -251,15 +251,24 @@ def test_plain_completions_end_with_eos_and_chat_completions_with_the_end_of_tur
 # --- the recipe and the command line --------------------------------------------------------------------------------
 
 
-def test_cli_dpo_trains_lora_then_full_from_that_run_writing_trl_metrics(tmp_path, tokenizer, capsys):
+@pytest.fixture
+def start_and_pairs(tmp_path, tokenizer) -> tuple[str, str]:
+    """A tiny HF Llama folder with its tokenizer, and 20 pairs: 18 plain (two held out for validation), 2 chats."""
     start = tmp_path / "start"
     start.mkdir()
     random_causal_lm(CONFIG).save_pretrained(start)
     save_tokenizer(tokenizer, start)
     pairs = [{"prompt": f"Review {i}:", "chosen": " good" * (1 + i % 3), "rejected": " bad" * (1 + i % 2)} for i in range(18)] + CHAT[:2]
-    data = write_jsonl(tmp_path / "pairs.jsonl", pairs)
-    common = ["--data", data, "--device", "cpu", "--lr", "1e-2", "--batch-size", "6", "--max-steps", "3", "--max-length", str(MAX_LENGTH), "--json"]
-    main(["dpo", "--model", str(start), "--out", str(tmp_path / "lora"), "--method", "lora", "--lora-r", "4", *common])
+    return str(start), write_jsonl(tmp_path / "pairs.jsonl", pairs)
+
+
+def dpo_argv(start_and_pairs, out, *extra) -> list[str]:
+    start, data = start_and_pairs
+    return ["dpo", "--model", start, "--data", data, "--out", str(out), "--device", "cpu", "--lr", "1e-2", "--batch-size", "6", "--max-length", str(MAX_LENGTH), *extra]
+
+
+def test_cli_dpo_trains_lora_then_full_from_that_run_writing_trl_metrics(tmp_path, start_and_pairs, capsys):
+    main(dpo_argv(start_and_pairs, tmp_path / "lora", "--method", "lora", "--lora-r", "4", "--max-steps", "3", "--json"))
     metrics = json.loads(capsys.readouterr().out)
     assert (metrics["train_pairs"], metrics["validation_pairs"], metrics["steps"], metrics["reference"]) == (18, 2, 3, "lora switched off")
     assert metrics["validation_rewards/margins"] > 0 and metrics["validation_loss"] < math.log(2)
@@ -267,9 +276,30 @@ def test_cli_dpo_trains_lora_then_full_from_that_run_writing_trl_metrics(tmp_pat
 
     policy, reloaded_tokenizer = load_policy(tmp_path / "lora")  # the start with LoRA merged in: another model
     ids = torch.tensor([reloaded_tokenizer.encode("Review 1: good")])
-    assert not torch.allclose(policy(ids), CausalLM.from_pretrained(start)(ids))
-    main(["dpo", "--model", str(tmp_path / "lora"), "--out", str(tmp_path / "full"), "--precompute-reference", *common])
+    assert not torch.allclose(policy(ids), CausalLM.from_pretrained(start_and_pairs[0])(ids))
+    main(dpo_argv((str(tmp_path / "lora"), start_and_pairs[1]), tmp_path / "full", "--precompute-reference", "--max-steps", "3", "--json"))
     metrics = json.loads(capsys.readouterr().out)
     assert (metrics["reference"], metrics["method"], metrics["trainable_parameters"]) == ("precomputed", "full", metrics["total_parameters"])
     assert set(METRICS) <= {k.removeprefix("validation_") for k in metrics}
     assert (tmp_path / "full" / "model.safetensors").is_file() and load_policy(tmp_path / "full")[0].config == CONFIG
+
+
+def test_resume_after_a_crash_gives_the_weights_and_losses_of_an_uninterrupted_run(tmp_path, start_and_pairs, monkeypatch):
+    """Full fine-tuning: on --resume the frozen reference is rebuilt from --model, the policy from the checkpoint."""
+    main(dpo_argv(start_and_pairs, tmp_path / "straight", "--max-steps", "4", "--eval-every", "2"))
+    original = Trainer.train_step
+
+    def crash_at_step_3(self, group):
+        if self.state["step"] == 2:
+            raise KeyboardInterrupt("simulated crash")
+        return original(self, group)
+
+    monkeypatch.setattr(Trainer, "train_step", crash_at_step_3)
+    with pytest.raises(SystemExit, match="130"):
+        main(dpo_argv(start_and_pairs, tmp_path / "resumed", "--max-steps", "4", "--eval-every", "2"))
+    monkeypatch.setattr(Trainer, "train_step", original)
+    main(dpo_argv(start_and_pairs, tmp_path / "resumed", "--max-steps", "4", "--eval-every", "2", "--resume"))
+    straight, resumed = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    rows = [[json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()] for run in ("straight", "resumed")]
+    assert [r.get("loss") for r in rows[0]] == [r.get("loss") for r in rows[1]] and len(rows[0]) == 7  # 4 steps; validations at 2, 3 (the epoch end), 4
