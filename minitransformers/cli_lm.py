@@ -1,4 +1,4 @@
-"""The decoder's commands: `generate`, `chat`, `perplexity`, `tokenize`, `dpo` (cli.py registers them with the others)."""
+"""The decoder's commands: `generate`, `chat`, `perplexity`, `tokenize`, `sft`, `dpo` (cli.py registers them with the others)."""
 
 from __future__ import annotations
 
@@ -92,6 +92,18 @@ def lora_options(args):
     return method_config(args.method, given) if args.method != "full" else None
 
 
+def cmd_sft(args) -> None:
+    from .recipes import sft
+    from .recipes.outputs import check_new_run, data_path
+
+    args.resume |= args.resume_anyway
+    config = config_from(sft.SFTConfig, args, method_options=lora_options(args), completion_only=not args.train_on_prompt)
+    check_new_run(args.out, {"--model": args.model, "--data": data_path(args.data)}, args.resume, args.overwrite)
+    metrics = sft.run(config)
+    if args.json and metrics:
+        print(json.dumps(metrics))
+
+
 def cmd_dpo(args) -> None:
     from .recipes import dpo
     from .recipes.outputs import check_new_run
@@ -151,9 +163,43 @@ def add_parsers(sub) -> None:
     p.add_argument("file", metavar="FILE")
     p.set_defaults(run=cmd_tokenize)
 
-    p = sub.add_parser("dpo", help="preference-tune a causal LM with DPO", description="Direct Preference Optimization (Rafailov et al. 2023, eq. 7) on pairs {prompt, chosen, rejected}, plain strings or conversations, tokenized as TRL's DPOTrainer does. The reference is the starting model, frozen: a copy (full), the policy with LoRA off (lora, qlora), or log-probs precomputed before training (--precompute-reference). Writes metrics.jsonl, checkpoint.pt, the best model by validation loss (an HF Llama folder for full; adapter.json + adapter.safetensors over --model otherwise; both with the tokenizer, so --model accepts the folder again) and metrics.json with TRL's metrics on the validation pairs: rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins, logps/chosen, logps/rejected.")
+    p = sub.add_parser("sft", help="supervised fine-tuning of a causal LM on conversations", description="Supervised fine-tuning (InstructGPT's SFT, Ouyang et al. 2022) of a causal LM on conversations rendered by its chat template, the loss on the assistant's turns only (labels -100 elsewhere), as TRL's SFTTrainer with completion-only loss. Data: 'reviews' (write an N-star review of a <class> item titled <title> -> the review) or a JSONL file of {\"messages\": [...]} or {\"prompt\", \"completion\"} lines. Writes metrics.jsonl, checkpoint.pt, the best model by validation loss as an HF Llama folder with its tokenizer and chat template (LoRA and QLoRA merged into it), which generate --model and chat --model load, and metrics.json (validation loss and perplexity of the responses, trainable parameters, peak memory, time).")
+    add_sft_args(p)
+    p.set_defaults(run=cmd_sft)
+
+    p = sub.add_parser("dpo", help="preference-tune a causal LM with DPO", description="Direct Preference Optimization (Rafailov et al. 2023, eq. 7) on pairs {prompt, chosen, rejected}, plain strings or conversations, tokenized as TRL's DPOTrainer does. The reference is the starting model, frozen: a copy (full), the policy with LoRA off (lora, qlora), or log-probs precomputed before training (--precompute-reference). Writes metrics.jsonl, checkpoint.pt, the best model by validation loss (an HF Llama folder, LoRA / QLoRA merged in, with its tokenizer and chat template: generate, chat, sft and dpo read it) and metrics.json with TRL's metrics on the validation pairs: rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins, logps/chosen, logps/rejected.")
     add_dpo_args(p)
     p.set_defaults(run=cmd_dpo)
+
+
+def add_sft_args(p: argparse.ArgumentParser) -> None:
+    from .cli import add_run_args
+
+    p.add_argument("--model", required=True, help=f"the model to start from: {MODEL_HELP}")
+    p.add_argument("--data", required=True, help='\'reviews\' (fetch reviews first) or a JSONL file, one example a line: {"messages": [{"role", "content"}, ...]} trains on every assistant turn, {"prompt", "completion"} (strings or message lists) on the completion; a file is cut 90/10 into train and validation')
+    p.add_argument("--out", required=True, help="run folder: metrics, checkpoint, the best model and its tokenizer")
+    p.add_argument("--template", choices=("chatml", "smollm2"), help="render with this chat template instead of the model's own")
+    p.add_argument("--train-on-prompt", action="store_true", help="put the loss on every token (system, user and assistant turns) instead of the assistant's turns only")
+    p.add_argument("--packing", action="store_true", help="pack several examples into each row of --max-length tokens (best-fit decreasing), attention kept inside each example: the same loss, no padding")
+    p.add_argument("--max-length", type=positive_int, default=512, help="tokens per example (and per packed row); longer examples are skipped and counted, not truncated (default: 512)")
+    p.add_argument("--max-train-examples", type=count, default=0, help="train on the first N examples only (default: 0, all)")
+    p.add_argument("--max-eval-examples", type=count, default=0, help="validate on the first N examples only, for a quick try (default: 0, all)")
+    p.add_argument("--epochs", type=positive_int, default=1, help="passes over the training set (default: 1; InstructGPT's SFT overfits validation loss after one)")
+    p.add_argument("--max-steps", type=count, default=0, help="stop after this many optimizer steps (default: 0, the epochs decide)")
+    p.add_argument("--lr", type=positive_float, default=2e-5, help="peak learning rate (default: 2e-5, TRL's, for full; LoRA usually wants 1e-4 to 2e-4)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="rows (examples, or packed rows) per micro-step over all processes (default: 8, TRL's)")
+    p.add_argument("--grad-accum", type=positive_int, default=1, help="micro-steps per optimizer step (default: 1)")
+    p.add_argument("--warmup", type=fraction, default=0.03, help="fraction of the steps for linear warmup (default: 0.03)")
+    p.add_argument("--schedule", choices=("linear", "cosine"), default="cosine", help="decay after warmup (default: cosine, as InstructGPT)")
+    p.add_argument("--weight-decay", type=nonnegative_float, default=0.0, help="AdamW decay (default: 0, TRL's)")
+    p.add_argument("--max-grad-norm", type=positive_float, default=1.0, help="clip the gradient norm to this (default: 1.0)")
+    p.add_argument("--eval-every", type=count, default=0, help="evaluate, keep the best model and checkpoint every N steps (default: 0, each epoch end)")
+    p.add_argument("--seed", type=count, default=0, help="seeds the data order and LoRA's initialisation (default: 0)")
+    p.add_argument("--device", default=default_device(), type=device, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast dtype on CUDA; CPU runs fp32 (default: fp32)")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute each decoder layer in the backward pass instead of keeping its activations")
+    add_lora_args(p, "what trains (minitransformers/peft/); the saved model has LoRA merged in")
+    add_run_args(p)
 
 
 def add_dpo_args(p: argparse.ArgumentParser) -> None:
@@ -182,11 +228,16 @@ def add_dpo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=default_device(), type=device, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast dtype on CUDA; CPU runs fp32 (default: fp32)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute each decoder layer in the backward pass instead of keeping its activations")
-    g = p.add_argument_group("method", "what trains; the reference is always the starting model")
+    add_lora_args(p, "what trains; the reference is always the starting model")
+    add_run_args(p)
+
+
+def add_lora_args(p: argparse.ArgumentParser, description: str) -> None:
+    """--method full | lora | qlora and LoRA's flags, which `lora_options` reads (sft and dpo)."""
+    g = p.add_argument_group("method", description)
     g.add_argument("--method", default="full", choices=("full", "lora", "qlora"), help="full: every weight; lora: low-rank updates; qlora: lora over a frozen NF4 base (default: full)")
     g.add_argument("--lora-r", type=positive_int, help="lora, qlora: rank r (default: 8)")
     g.add_argument("--lora-alpha", type=positive_float, help="lora, qlora: the update is scaled by alpha / r (default: 16)")
     g.add_argument("--lora-dropout", type=fraction, help="lora, qlora: dropout on the input of the low-rank path (default: 0)")
     g.add_argument("--lora-targets", nargs="+", help="lora, qlora: adapt the linears whose names end with these (default: query value for lora; every Linear of the layers for qlora)")
     g.add_argument("--no-double-quant", action="store_true", help="qlora: keep the NF4 block absmax in float32 instead of 8 bits")
-    add_run_args(p)

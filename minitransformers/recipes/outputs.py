@@ -23,7 +23,7 @@ RUN_FILES = ("metrics.jsonl", "checkpoint.pt", "metrics.json", MANIFEST)
 
 def data_path(spec: str) -> Path | None:
     """The file or folder a `--data` spec reads: a fetched source's folder for its name, else the path itself."""
-    if spec in ("sentiment", "wikitext2"):
+    if spec in ("sentiment", "wikitext2", "reviews"):
         return data_dir(spec)
     return Path(spec)
 

@@ -128,6 +128,18 @@ class BPETokenizer:
         template = jinja_path.read_text() if jinja_path.is_file() else config.get("chat_template")
         return cls(tok, token_id("bos_token"), token_id("eos_token"), token_id("pad_token"), template)
 
+    def save_pretrained(self, path: str | Path, chat_template: str | None = None) -> None:
+        """Write tokenizer.json, tokenizer_config.json (bos, eos, pad by name) and chat_template.jinja (the template
+        source given, else the tokenizer's own) into PATH, which `from_file` and transformers' AutoTokenizer read."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save(str(path / "tokenizer.json"))
+        name = lambda i: None if i is None else self.tokenizer.id_to_token(i)  # noqa: E731
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": name(self.bos_id), "eos_token": name(self.eos_id), "pad_token": name(self.pad_id)}
+        (path / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        if template := chat_template or self.chat_template:
+            (path / "chat_template.jinja").write_text(template)
+
     @property
     def vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size()

@@ -65,6 +65,11 @@ class ChatTemplate:
             )
         return TEMPLATES[SOURCES[jinja_source]]
 
+    @property
+    def source(self) -> str:
+        """The Jinja source of this template (the first of SOURCES that renders as it does), to save beside a model."""
+        return next(source for source, name in SOURCES.items() if name == self.name)
+
     def render(self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = False) -> str:
         """The prompt for `messages` (dicts with a role and a content string), as the Jinja template writes it."""
         prompt, _ = self.render_with_spans(messages)

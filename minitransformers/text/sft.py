@@ -41,7 +41,8 @@ import torch
 from ..errors import InputError
 from .bpe import BPETokenizer
 from .chat import ChatTemplate
-from .datasets import Review, decoded_lines
+from .datasets import Review, decoded_lines, fixed_split, load_reviews
+from .sources import data_dir
 
 IGNORE = -100  # the label of a token without loss, as torch's cross_entropy(ignore_index=-100) and transformers
 
@@ -103,6 +104,23 @@ def read_conversations(path: str | Path) -> list[Conversation]:
     if not conversations:
         raise InputError(f"{path}: no examples; expected one JSON object a line with 'messages', or 'prompt' and 'completion'")
     return conversations
+
+
+def sft_splits(spec: str, max_train: int = 0, max_eval: int = 0) -> dict[str, list[Conversation]]:
+    """train and validation conversations for `--data SPEC`, the first MAX_TRAIN / MAX_EVAL of each (0: all):
+    "reviews" (the fetched reviews' own split, `review_conversation` each), or a JSONL file (`read_conversations`)
+    cut 90/10 by the fixed shuffle of datasets.fixed_split."""
+    if spec == "reviews":
+        folder = data_dir("reviews")
+        splits = {split: [review_conversation(r, f"{folder / split}.jsonl:{i}") for i, r in enumerate(load_reviews(split), 1)] for split in ("train", "validation")}
+    elif Path(spec).suffix == ".jsonl":
+        splits = fixed_split(read_conversations(spec), 0.9)
+    else:
+        raise InputError(f"--data {spec!r}: expected 'reviews' (fetch reviews first) or a .jsonl file of conversations")
+    splits = {"train": splits["train"][: max_train or None], "validation": splits["validation"][: max_eval or None]}
+    if not splits["validation"]:
+        raise InputError(f"--data {spec}: the validation split is empty ({len(splits['train'])} train examples); a file is cut 90/10, so give it 10 examples or more")
+    return splits
 
 
 def tokenize(tokenizer: BPETokenizer, template: ChatTemplate, conversation: Conversation, completion_only: bool = True) -> SFTExample:
