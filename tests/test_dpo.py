@@ -19,7 +19,7 @@ from minitransformers.config import DecoderConfig
 from minitransformers.errors import InputError
 from minitransformers.model.causal_lm import CausalLM
 from minitransformers.peft import add_lora, add_qlora
-from minitransformers.recipes.dpo import load_policy, save_tokenizer
+from minitransformers.recipes.generate import load_language_model
 from minitransformers.text.bpe import PRE_TOKENIZERS, BPETokenizer, byte_level_pipeline
 from minitransformers.text.chat import CHATML_SOURCE, ChatTemplate
 from minitransformers.text.preference import collate_pairs, load_pairs, tokenize_pair
@@ -257,7 +257,7 @@ def start_and_pairs(tmp_path, tokenizer) -> tuple[str, str]:
     start = tmp_path / "start"
     start.mkdir()
     random_causal_lm(CONFIG).save_pretrained(start)
-    save_tokenizer(tokenizer, start)
+    tokenizer.save_pretrained(start)
     pairs = [{"prompt": f"Review {i}:", "chosen": " good" * (1 + i % 3), "rejected": " bad" * (1 + i % 2)} for i in range(18)] + CHAT[:2]
     return str(start), write_jsonl(tmp_path / "pairs.jsonl", pairs)
 
@@ -272,16 +272,15 @@ def test_cli_dpo_trains_lora_then_full_from_that_run_writing_trl_metrics(tmp_pat
     metrics = json.loads(capsys.readouterr().out)
     assert (metrics["train_pairs"], metrics["validation_pairs"], metrics["steps"], metrics["reference"]) == (18, 2, 3, "lora switched off")
     assert metrics["validation_rewards/margins"] > 0 and metrics["validation_loss"] < math.log(2)
-    assert (tmp_path / "lora" / "adapter.json").is_file() and not (tmp_path / "lora" / "model.safetensors").exists()
 
-    policy, reloaded_tokenizer = load_policy(tmp_path / "lora")  # the start with LoRA merged in: another model
+    policy, reloaded_tokenizer = load_language_model(tmp_path / "lora")  # the run folder is a model: LoRA merged in
     ids = torch.tensor([reloaded_tokenizer.encode("Review 1: good")])
     assert not torch.allclose(policy(ids), CausalLM.from_pretrained(start_and_pairs[0])(ids))
     main(dpo_argv((str(tmp_path / "lora"), start_and_pairs[1]), tmp_path / "full", "--precompute-reference", "--max-steps", "3", "--json"))
     metrics = json.loads(capsys.readouterr().out)
     assert (metrics["reference"], metrics["method"], metrics["trainable_parameters"]) == ("precomputed", "full", metrics["total_parameters"])
     assert set(METRICS) <= {k.removeprefix("validation_") for k in metrics}
-    assert (tmp_path / "full" / "model.safetensors").is_file() and load_policy(tmp_path / "full")[0].config == CONFIG
+    assert load_language_model(tmp_path / "full")[0].config == CONFIG
 
 
 def test_resume_after_a_crash_gives_the_weights_and_losses_of_an_uninterrupted_run(tmp_path, start_and_pairs, monkeypatch):

@@ -1,7 +1,7 @@
 """The DPO recipe behind `python -m minitransformers dpo`: a policy, preference pairs -> Trainer with the DPO task.
 
 Rafailov et al. 2023 (train/dpo.py has the loss): the policy starts from an instruction-tuned model (SmolLM2's GGUF,
-an HF Llama folder, or an `sft` / `dpo` run folder), and the reference is that same starting model, frozen:
+an HF Llama folder, such as an `sft` or `dpo` run), and the reference is that same starting model, frozen:
 
     --method full    every weight trains; the reference is a frozen copy (one more set of weights in memory)
     --method lora    LoRA on query and value (peft/lora.py); the reference is the policy with LoRA switched off
@@ -13,10 +13,10 @@ Defaults are TRL's DPOConfig (which follows the paper): β = 0.1, learning rate 
 batch 64; LoRA usually wants 1e-5 to 1e-4), AdamW without weight decay, max_length 1024, batch 8. Validation: the
 pairs of --eval-data, else every 10th pair of --data, held out; the best model by validation loss is kept.
 
-A run folder holds what `load_policy` reads back: for full, an HF LlamaForCausalLM folder; for lora / qlora,
-`adapter.json` (method, options, the starting model as given) and `adapter.safetensors` (A and B), loaded as the
-starting model with the update merged into it; both with tokenizer.json and tokenizer_config.json (EOS, pad and
-the chat template), and metrics.json: TRL's reward metrics on the validation pairs (train/dpo.py) of the best model.
+The run folder is a model, as `sft`'s: the best checkpoint (lowest validation loss) as an HF LlamaForCausalLM folder,
+LoRA and QLoRA merged into a float copy (recipes/sft.py `save_model`), with its tokenizer and chat template, which
+`generate`, `chat`, `sft` and `dpo` load; and metrics.json: TRL's reward metrics of that checkpoint on the validation
+pairs (train/dpo.py), and the counts of skipped pairs.
 """
 
 from __future__ import annotations
@@ -30,32 +30,29 @@ from typing import Any
 import torch
 
 from ..errors import InputError
-from ..io import hf
 from ..io.manifest import publish
-from ..io.safetensors import load_file, save_file
-from ..model.causal_lm import CausalLM
-from ..peft.common import count_parameters, load_trainable_state_dict, parameter_summary, trainable_state_dict
-from ..peft.lora import merge_lora
-from ..peft.methods import CONFIG_FILE, WEIGHTS_FILE, apply_method, method_config
-from ..peft.qlora import merge_qlora
+from ..peft.common import count_parameters, parameter_summary
+from ..peft.methods import apply_method, method_config
 from ..text.bpe import BPETokenizer
+from ..text.chat import ChatTemplate
 from ..text.preference import PreferencePair, collate_pairs, load_pairs, read_pairs
 from ..train import checkpoint, distributed
 from ..train.dpo import DPO, frozen_copy, precompute_reference_logps
 from ..train.trainer import TrainConfig, Trainer
 from . import default_device, max_length_for
 from .finetune import options_dict, peak_memory_mb
-from .generate import chat_template, load_tokenizer
+from .generate import chat_template, load_language_model
 from .outputs import check_out, identity, write_json
+from .sft import save_model
 
-METHODS = {"full": None, "lora": merge_lora, "qlora": merge_qlora}  # method -> how a saved run folds it in
+METHODS = ("full", "lora", "qlora")
 
 
 @dataclass
 class DPOConfig:
     """`dpo`'s options: a field per flag, at the flag's default; the method's flags make `method_options`."""
 
-    model: str  # the starting policy, and the reference: a GGUF file or folder, an HF Llama folder, an sft/dpo run
+    model: str  # the starting policy, and the reference: a GGUF file or folder, an HF Llama folder (an sft/dpo run)
     data: str  # preference pairs, JSONL (text/preference.py)
     out: str  # the run folder
     eval_data: str | None = None  # validation pairs; None: every 10th pair of data
@@ -84,43 +81,15 @@ class DPOConfig:
     method_options: Any = None  # LoRAConfig / QLoRAConfig, or None for the method's defaults
 
 
-def load_policy(path: str | Path) -> tuple[CausalLM, BPETokenizer]:
-    """A causal LM and its tokenizer from a GGUF file or folder, an HF Llama folder (a full run's), or a lora /
-    qlora run folder: its starting model (read the same way, so runs chain) with the trained update merged in."""
-    path = Path(path)
-    if not (path / CONFIG_FILE).is_file():
-        tokenizer = BPETokenizer.from_file(path / "tokenizer.json") if (path / "tokenizer.json").is_file() else load_tokenizer(path)
-        return CausalLM.from_pretrained(path), tokenizer
-    config = hf.read_json(path / CONFIG_FILE, "a dpo or sft run's adapter.json")
-    if not isinstance(config, dict) or config.get("method") not in ("lora", "qlora") or not isinstance(config.get("base_model"), str):
-        raise InputError(f"{path / CONFIG_FILE}: expected {{method: lora or qlora, options, base_model}}, found {config!r:.200}")
-    model, _ = load_policy(config["base_model"])
-    apply_method(model, config["method"], method_config(config["method"], config.get("options")))
-    load_trainable_state_dict(model, load_file(path / WEIGHTS_FILE), path / WEIGHTS_FILE)
-    return METHODS[config["method"]](model), BPETokenizer.from_file(path / "tokenizer.json")
-
-
-def save_policy(model: CausalLM, folder: Path, method: str, options: dict, start: str) -> None:
-    """What `load_policy` reads: the whole model for full; else adapter.json and the trained tensors."""
-    if method == "full":
-        return model.save_pretrained(folder)
-    save_file({k: v.contiguous() for k, v in trainable_state_dict(model).items()}, folder / WEIGHTS_FILE, metadata={"format": "pt"})
-    (folder / CONFIG_FILE).write_text(json.dumps({"method": method, "options": options, "base_model": start}, indent=2) + "\n")
-
-
-def save_tokenizer(tokenizer: BPETokenizer, folder: Path) -> None:
-    """tokenizer.json, and tokenizer_config.json with the special tokens and the chat template (BPETokenizer.from_file's)."""
-    tokenizer.tokenizer.save(str(folder / "tokenizer.json"))
-    ids = {"bos_token": tokenizer.bos_id, "eos_token": tokenizer.eos_id, "pad_token": tokenizer.pad_id}
-    config = {name: tokenizer.tokenizer.id_to_token(i) for name, i in ids.items() if i is not None}
-    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": tokenizer.chat_template}, indent=2) + "\n")
-
-
-def splits(config: DPOConfig, tokenizer: BPETokenizer, max_length: int) -> tuple[list[PreferencePair], list[PreferencePair], dict]:
-    """The training and validation pairs, and how many of each were skipped (text/preference.py says why)."""
+def conversation_template(config: DPOConfig, tokenizer: BPETokenizer) -> ChatTemplate | None:
+    """The chat template that renders the pairs when any of them is a conversation; plain pairs need none."""
     files = [config.data] + ([config.eval_data] if config.eval_data else [])
     conversations = any(isinstance(example["prompt"], list) for path in files for _, example in read_pairs(path))
-    template = chat_template(tokenizer, config.template) if conversations else None  # plain pairs need none
+    return chat_template(tokenizer, config.template) if conversations else None
+
+
+def splits(config: DPOConfig, tokenizer: BPETokenizer, template: ChatTemplate | None, max_length: int) -> tuple[list[PreferencePair], list[PreferencePair], dict]:
+    """The training and validation pairs, and how many of each were skipped (text/preference.py says why)."""
     train, skipped = load_pairs(config.data, tokenizer, template, max_length)
     if skipped.places:
         print(f"{config.data}: skipped {skipped.long_prompt} pairs whose prompt has {max_length} tokens or more and "
@@ -161,11 +130,12 @@ def run(config: DPOConfig) -> dict:
     world = distributed.init(config.device)
     out = check_out(config.out, {"--model": config.model, "--data": config.data, "--eval-data": config.eval_data})
     checkpoint.seed_everything(config.seed)
-    model, tokenizer = load_policy(config.model)
+    model, tokenizer = load_language_model(config.model)
     if tokenizer.pad_id is None:
         tokenizer.pad_id = tokenizer.eos_id  # as TRL
     max_length = max_length_for(config.max_length, model.config.max_position_embeddings)
-    train, validation, counts = splits(config, tokenizer, max_length)
+    template = conversation_template(config, tokenizer)
+    train, validation, counts = splits(config, tokenizer, template, max_length)
     collate = lambda items: collate_pairs(items, tokenizer.pad_id)  # noqa: E731
 
     model = model.to(world.device)
@@ -186,13 +156,13 @@ def run(config: DPOConfig) -> dict:
     train_config = TrainConfig(**{f.name: getattr(config, f.name) for f in fields(TrainConfig) if hasattr(config, f.name)}, metric="loss")
     trainer = Trainer(
         model, DPO(config.beta, reference), train, validation, collate, [len(p) for p in train], train_config, world,
-        save=lambda best, folder: save_policy(best, folder, config.method, options, config.model),
+        save=lambda best, folder: save_model(best, folder, config.method),
         identity={**identity(config.model, config.data), "method": config.method, "method_options": options, "beta": config.beta,
                   "max_length": max_length, "reference": reference_kind(config), "eval_data": config.eval_data},
     )  # fmt: skip
     if world.is_main:
         with publish(out) as stage:
-            save_tokenizer(tokenizer, stage)
+            tokenizer.save_pretrained(stage, template and template.source)
     result = trainer.fit(resume=config.resume, anyway=config.resume_anyway)
 
     metrics = {}
