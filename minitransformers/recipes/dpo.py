@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..errors import InputError
 from ..io.manifest import publish
@@ -113,8 +114,12 @@ def best_validation(out: Path) -> dict:
     return min(rows, key=lambda row: row["validation_loss"])
 
 
-def trainer_batch(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device) for k, v in batch.items()}
+def attach_reference_logps(model: nn.Module, pairs: list[PreferencePair], collate, batch_size: int, device: torch.device) -> None:
+    """--precompute-reference: each pair's log π_ref of its chosen and rejected completions under the starting
+    model (a PEFT method, just added, is switched off), stored with the pair for the batches to carry."""
+    batches = ({k: v.to(device) for k, v in collate(pairs[i : i + batch_size]).items()} for i in range(0, len(pairs), batch_size))
+    for pair, logps in zip(pairs, precompute_reference_logps(model.eval(), batches).tolist()):
+        pair.reference_logps = tuple(logps)
 
 
 def reference_kind(config: DPOConfig) -> str:
@@ -144,11 +149,8 @@ def run(config: DPOConfig) -> dict:
     options = options_dict(method)
     apply_method(model, config.method, method)
     model.decoder.gradient_checkpointing = config.gradient_checkpointing
-    if config.precompute_reference:  # the starting model's log-probs, before any step (a method starts as the identity)
-        for pairs in (train, validation):
-            batches = (trainer_batch(collate(pairs[i : i + config.eval_batch_size]), world.device) for i in range(0, len(pairs), config.eval_batch_size))
-            for pair, logps in zip(pairs, precompute_reference_logps(model.eval(), batches).tolist()):
-                pair.reference_logps = tuple(logps)
+    if config.precompute_reference:
+        attach_reference_logps(model, train + validation, collate, config.eval_batch_size, world.device)
     if world.is_main:
         print(f"dpo {config.method}: {parameter_summary(model)}; reference: {reference_kind(config)}", file=sys.stderr)
     if world.device.type == "cuda":
