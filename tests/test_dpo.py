@@ -302,3 +302,13 @@ def test_resume_after_a_crash_gives_the_weights_and_losses_of_an_uninterrupted_r
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     rows = [[json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()] for run in ("straight", "resumed")]
     assert [r.get("loss") for r in rows[0]] == [r.get("loss") for r in rows[1]] and len(rows[0]) == 7  # 4 steps; validations at 2, 3 (the epoch end), 4
+
+
+def test_cli_dpo_stops_on_a_bad_pair_with_one_line_naming_file_and_line(tmp_path, start_and_pairs, capsys):
+    bad = write_jsonl(tmp_path / "bad.jsonl", [GOOD, {**GOOD, "rejected": GOOD["chosen"]}])
+    with pytest.raises(SystemExit, match="2"):
+        main(dpo_argv((start_and_pairs[0], bad), tmp_path / "run"))
+    assert f"error: {bad}:2: chosen equals rejected" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="2"):
+        main(dpo_argv(start_and_pairs, tmp_path / "run", "--method", "full", "--lora-r", "4"))
+    assert "--lora-* and --no-double-quant apply to --method lora / qlora, not full" in capsys.readouterr().err

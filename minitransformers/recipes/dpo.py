@@ -32,6 +32,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..io.manifest import publish
+from ..model.causal_lm import CausalLM
 from ..peft.common import count_parameters, parameter_summary
 from ..peft.methods import apply_method, method_config
 from ..text.bpe import BPETokenizer
@@ -42,7 +43,7 @@ from ..train.dpo import DPO, frozen_copy, precompute_reference_logps
 from ..train.trainer import TrainConfig, Trainer
 from . import default_device, max_length_for
 from .finetune import options_dict, peak_memory_mb
-from .generate import chat_template, load_language_model
+from .generate import chat_template, load_tokenizer
 from .outputs import check_out, identity, write_json
 from .sft import save_model
 
@@ -135,11 +136,12 @@ def run(config: DPOConfig) -> dict:
     world = distributed.init(config.device)
     out = check_out(config.out, {"--model": config.model, "--data": config.data, "--eval-data": config.eval_data})
     checkpoint.seed_everything(config.seed)
-    model, tokenizer = load_language_model(config.model)
+    tokenizer = load_tokenizer(config.model)
     if tokenizer.pad_id is None:
         tokenizer.pad_id = tokenizer.eos_id  # as TRL
+    template = conversation_template(config, tokenizer)  # reads and checks every pair: bad data stops the run here
+    model = CausalLM.from_pretrained(config.model)
     max_length = max_length_for(config.max_length, model.config.max_position_embeddings)
-    template = conversation_template(config, tokenizer)
     train, validation, counts = splits(config, tokenizer, template, max_length)
     collate = lambda items: collate_pairs(items, tokenizer.pad_id)  # noqa: E731
 
