@@ -22,7 +22,9 @@ completion tokens only. Logged as TRL's DPOTrainer logs them (loss_type "sigmoid
     rewards/margins                      rewards/chosen − rewards/rejected
     logps/chosen, logps/rejected         log π_θ(y|x), the summed completion log-probs
 
-TRL averages a metric over each batch, then over batches; `evaluate` here averages over every pair at once.
+TRL averages a metric over each batch, then over batches; `evaluate` here averages over every pair at once. TRL
+switches dropout off in both models (disable_dropout); the decoder has none (attention_dropout 0) and the reference
+forward runs none, but a policy given LoRA dropout (--lora-dropout) keeps it, where TRL would switch it off.
 
 The reference π_ref, three ways to compute the same numbers (`DPO(reference=...)`), from most memory to least:
 - a frozen copy of the starting model (`frozen_copy`), for full fine-tuning: one more set of weights in memory (no
