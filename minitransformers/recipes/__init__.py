@@ -7,6 +7,7 @@
     compress.py  CompressConfig: Deep Compression's prune -> retrain -> cluster -> retrain pipeline
     generate.py  GenerateConfig: a causal LM's continuation of prompts, raw or through its chat template
     perplexity.py  PerplexityConfig: a causal LM's perplexity, windowed as llama.cpp computes it
+    sft.py       SFTConfig: supervised fine-tuning of a causal LM on conversations, in full or with LoRA / QLoRA
     dpo.py       DPOConfig: preference-tune a causal LM with DPO, in full or with LoRA / QLoRA; `load_policy`
 
 `cli.py` maps parsed arguments to these configs; experiments build the configs themselves.
