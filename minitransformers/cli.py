@@ -11,7 +11,7 @@ import torch
 
 from .cli_lm import add_parsers as add_lm_parsers
 from .errors import Error, InputError
-from .cli_args import count, device, fraction, nonnegative_float, positive_float, positive_int, probability
+from .cli_args import add_run_args, count, device, fraction, nonnegative_float, positive_float, positive_int, probability
 from .recipes import config_from, default_device, max_length_for
 from .recipes.outputs import check_new_run, data_path
 
@@ -318,14 +318,6 @@ def add_pretrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=default_device(), type=device, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast dtype on CUDA; CPU runs fp32 (default: fp32)")
     add_run_args(p)
-
-
-def add_run_args(p: argparse.ArgumentParser) -> None:
-    """The flags of a training run's folder: resume it, replace it, print its result as JSON."""
-    p.add_argument("--resume", action="store_true", help="continue exactly from --out/checkpoint.pt (refused if the options or the inputs' sha256 changed)")
-    p.add_argument("--resume-anyway", action="store_true", help="--resume, even though options or inputs changed; the changes are listed on stderr")
-    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its log, checkpoint and metrics are deleted first)")
-    p.add_argument("--json", action="store_true", help="print the final metrics as one JSON line")
 
 
 def add_finetune_args(p: argparse.ArgumentParser) -> None:

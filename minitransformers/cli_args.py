@@ -1,4 +1,5 @@
-"""Argument types for the command line: each flag's range is checked where it is parsed, once.
+"""Argument types for the command line: each flag's range is checked where it is parsed, once; and the flags every
+training command shares (`add_run_args`).
 
 An argparse `type=` that raises ArgumentTypeError makes argparse print `usage: ...` and
 `error: argument --grad-accum: 0 is not a positive integer` and exit with status 2, before any work starts.
@@ -64,3 +65,11 @@ def device(text: str) -> str:
     elif dev.type not in ("cpu", "cuda", "mps"):
         raise argparse.ArgumentTypeError(f"{text}: device type {dev.type!r} is not supported; use cpu or cuda")
     return text
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """The flags of a training run's folder: resume it, replace it, print its result as JSON."""
+    p.add_argument("--resume", action="store_true", help="continue exactly from --out/checkpoint.pt (refused if the options or the inputs' sha256 changed)")
+    p.add_argument("--resume-anyway", action="store_true", help="--resume, even though options or inputs changed; the changes are listed on stderr")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its log, checkpoint and metrics are deleted first)")
+    p.add_argument("--json", action="store_true", help="print the final metrics as one JSON line")

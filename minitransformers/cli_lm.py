@@ -7,7 +7,7 @@ import json
 import sys
 
 from .errors import InputError
-from .cli_args import count, device, fraction, nonnegative_float, positive_float, positive_int, probability
+from .cli_args import add_run_args, count, device, fraction, nonnegative_float, positive_float, positive_int, probability
 from .recipes import config_from, default_device
 
 MODEL_HELP = "data/smollm2 (fetch smollm2 first), a .gguf file, or an HF LlamaForCausalLM folder"
@@ -173,8 +173,6 @@ def add_parsers(sub) -> None:
 
 
 def add_sft_args(p: argparse.ArgumentParser) -> None:
-    from .cli import add_run_args
-
     p.add_argument("--model", required=True, help=f"the model to start from: {MODEL_HELP}")
     p.add_argument("--data", required=True, help='\'reviews\' (fetch reviews first) or a JSONL file, one example a line: {"messages": [{"role", "content"}, ...]} trains on every assistant turn, {"prompt", "completion"} (strings or message lists) on the completion; a file is cut 90/10 into train and validation')
     p.add_argument("--out", required=True, help="run folder: metrics, checkpoint, the best model and its tokenizer")
@@ -203,8 +201,6 @@ def add_sft_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_dpo_args(p: argparse.ArgumentParser) -> None:
-    from .cli import add_run_args
-
     p.add_argument("--model", required=True, help=f"the starting policy, also the reference: {MODEL_HELP}, or an sft / dpo run folder")
     p.add_argument("--data", required=True, help='preference pairs, JSONL: {"prompt", "chosen", "rejected"} per line, all strings or all conversations (lists of {"role", "content"})')
     p.add_argument("--eval-data", help="validation pairs, same format (default: every 10th pair of --data, held out)")
