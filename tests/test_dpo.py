@@ -1,4 +1,4 @@
-"""DPO (train/dpo.py) and its preference pairs (text/preference.py): the tokenized pairs, the loss and TRL's reward
+"""DPO (train/dpo.py) and its preference pairs (text/preference.py): the tokenized pairs, the loss, its gradients and TRL's reward
 metrics against `trl.DPOTrainer` (loss_type sigmoid, β 0.1) on a tiny random Llama; then the torch-only invariants:
 log 2 and zero rewards at initialisation, the three references giving the same loss and gradients, the reference
 and a LoRA / QLoRA base untouched by training, and bad pairs refused with their file and line, or skipped and counted."""
@@ -17,6 +17,7 @@ from tokenizers import models, pre_tokenizers
 from minitransformers.cli import main
 from minitransformers.config import DecoderConfig
 from minitransformers.errors import InputError
+from minitransformers.io.llama import to_hf
 from minitransformers.model.causal_lm import CausalLM
 from minitransformers.peft import add_lora, add_qlora
 from minitransformers.recipes.generate import load_language_model
@@ -112,6 +113,12 @@ def test_pairs_loss_and_reward_metrics_equal_trl_dpo_trainer(tmp_path, transform
     for name in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected"):
         assert abs(ours_metrics[name] - their_metrics[name]) < 1e-6 * max(1, abs(their_metrics[name])), name
     assert ours_metrics["rewards/chosen"] != 0 and 0 < ours_metrics["rewards/accuracies"] < 1  # the comparison is not vacuous
+
+    their_loss.backward()
+    our_loss.backward()
+    ours_grads = to_hf({name: p.grad for name, p in policy.named_parameters()}, CONFIG)
+    for name, p in trainer.model.named_parameters():
+        torch.testing.assert_close(ours_grads[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_smollm2_pairs_tokenize_as_trl_with_transformers_tokenizer_of_the_same_gguf(tmp_path, transformers, smollm2_tokenizer, hf_smollm2_tokenizer):
