@@ -1,7 +1,8 @@
-"""DPO (train/dpo.py) and its preference pairs (text/preference.py): the tokenized pairs, the loss, its gradients and TRL's reward
-metrics against `trl.DPOTrainer` (loss_type sigmoid, β 0.1) on a tiny random Llama; then the torch-only invariants:
-log 2 and zero rewards at initialisation, the three references giving the same loss and gradients, the reference
-and a LoRA / QLoRA base untouched by training, and bad pairs refused with their file and line, or skipped and counted."""
+"""DPO (train/dpo.py) and its preference pairs (text/preference.py): the tokenized pairs, the loss, its gradients and
+TRL's reward metrics against `trl.DPOTrainer` (loss_type sigmoid, β 0.1) on a tiny random Llama, and SmolLM2's real
+tokenizer; then the torch-only invariants: log 2 and zero rewards at initialisation, the three references giving the
+same loss and gradients, the reference and a LoRA / QLoRA base untouched by training, resume, and bad pairs refused
+with their file and line, or skipped and counted; last, the `dpo` command."""
 
 import copy
 import json
