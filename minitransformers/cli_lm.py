@@ -208,7 +208,7 @@ def add_dpo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beta", type=positive_float, default=0.1, help="β, the strength of the KL penalty to the reference; lower lets the policy move further (default: 0.1, the paper's and TRL's)")
     p.add_argument("--precompute-reference", action="store_true", help="compute the reference's log-probs of every pair once before training: no reference copy or second forward during training")
     p.add_argument("--template", choices=("chatml", "smollm2"), help="render conversations with this chat template instead of the model's own")
-    p.add_argument("--max-length", type=positive_int, default=1024, help="keep the first N tokens of prompt + completion; pairs whose prompt alone is this long are skipped, counted (default: 1024, TRL's)")
+    p.add_argument("--max-length", type=positive_int, help="keep the first N tokens of prompt + completion; pairs whose prompt alone is this long are skipped, counted (default: 1024, TRL's, or the model's positions if fewer)")
     p.add_argument("--epochs", type=positive_int, default=1, help="passes over the pairs (default: 1)")
     p.add_argument("--max-steps", type=count, default=0, help="stop after this many optimizer steps (default: 0, the epochs decide)")
     p.add_argument("--lr", type=positive_float, default=1e-6, help="peak learning rate (default: 1e-6, the paper's and TRL's, for full; LoRA usually wants 1e-5 to 1e-4)")

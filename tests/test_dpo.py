@@ -270,7 +270,7 @@ def start_and_pairs(tmp_path, tokenizer) -> tuple[str, str]:
 
 def dpo_argv(start_and_pairs, out, *extra) -> list[str]:
     start, data = start_and_pairs
-    return ["dpo", "--model", start, "--data", data, "--out", str(out), "--device", "cpu", "--lr", "1e-2", "--batch-size", "6", "--max-length", str(MAX_LENGTH), *extra]
+    return ["dpo", "--model", start, "--data", data, "--out", str(out), "--device", "cpu", "--lr", "1e-2", "--batch-size", "6", *extra]  # max_length: the model's 128 positions
 
 
 def test_cli_dpo_trains_lora_then_full_from_that_run_writing_trl_metrics(tmp_path, start_and_pairs, capsys):

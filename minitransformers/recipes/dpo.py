@@ -61,7 +61,7 @@ class DPOConfig:
     beta: float = 0.1
     precompute_reference: bool = False
     template: str | None = None  # a chat template name instead of the model's own
-    max_length: int = 1024
+    max_length: int | None = None  # None: 1024 (TRL's), or the model's positions if fewer
     epochs: int = 1
     max_steps: int = 0
     lr: float = 1e-6
@@ -141,7 +141,7 @@ def run(config: DPOConfig) -> dict:
         tokenizer.pad_id = tokenizer.eos_id  # as TRL
     template = conversation_template(config, tokenizer)  # reads and checks every pair: bad data stops the run here
     model = CausalLM.from_pretrained(config.model)
-    max_length = max_length_for(config.max_length, model.config.max_position_embeddings)
+    max_length = max_length_for(config.max_length, model.config.max_position_embeddings, default=1024)
     train, validation, counts = splits(config, tokenizer, template, max_length)
     collate = lambda items: collate_pairs(items, tokenizer.pad_id)  # noqa: E731
 
