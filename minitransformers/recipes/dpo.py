@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..io.manifest import publish
@@ -115,10 +116,11 @@ def best_validation(out: Path) -> dict:
     return min(rows, key=lambda row: row["validation_loss"])
 
 
-def attach_reference_logps(model: nn.Module, pairs: list[PreferencePair], collate, batch_size: int, device: torch.device) -> None:
+def attach_reference_logps(model: nn.Module, pairs: list[PreferencePair], collate, batch_size: int, world: distributed.World) -> None:
     """--precompute-reference: each pair's log π_ref of its chosen and rejected completions under the starting
     model (a PEFT method, just added, is switched off), stored with the pair for the batches to carry."""
-    batches = ({k: v.to(device) for k, v in collate(pairs[i : i + batch_size]).items()} for i in range(0, len(pairs), batch_size))
+    starts = tqdm(range(0, len(pairs), batch_size), desc="reference log-probs", unit="batch", disable=not world.is_main)
+    batches = ({k: v.to(world.device) for k, v in collate(pairs[i : i + batch_size]).items()} for i in starts)
     for pair, logps in zip(pairs, precompute_reference_logps(model.eval(), batches).tolist()):
         pair.reference_logps = tuple(logps)
 
@@ -152,7 +154,7 @@ def run(config: DPOConfig) -> dict:
     apply_method(model, config.method, method)
     model.decoder.gradient_checkpointing = config.gradient_checkpointing
     if config.precompute_reference:
-        attach_reference_logps(model, train + validation, collate, config.eval_batch_size, world.device)
+        attach_reference_logps(model, train + validation, collate, config.eval_batch_size, world)
     if world.is_main:
         print(f"dpo {config.method}: {parameter_summary(model)}; reference: {reference_kind(config)}", file=sys.stderr)
     if world.device.type == "cuda":

@@ -3,6 +3,8 @@
 A task gives the *sum* of the loss over a batch and the number of terms in that sum, so that the trainer can
 divide by the number of terms in the whole optimizer step (all micro-batches, all processes) and get the
 exact mean whatever the batch split: Σ_processes Σ_micro-batches loss_sum / N_step.
+
+DPO's task, which needs a reference model beside the policy, has its own file: dpo.py.
 """
 
 from __future__ import annotations
