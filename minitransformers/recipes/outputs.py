@@ -21,10 +21,13 @@ from ..text.sources import data_dir
 RUN_FILES = ("metrics.jsonl", "checkpoint.pt", "metrics.json", MANIFEST)
 
 
+SOURCE_OF = {"sentiment": "sentiment", "wikitext2": "wikitext2", "reviews": "reviews", "reviews-sentiment": "reviews"}  # --data NAME -> the fetched source it reads
+
+
 def data_path(spec: str) -> Path | None:
     """The file or folder a `--data` spec reads: a fetched source's folder for its name, else the path itself."""
-    if spec in ("sentiment", "wikitext2", "reviews"):
-        return data_dir(spec)
+    if spec in SOURCE_OF:
+        return data_dir(SOURCE_OF[spec])
     return Path(spec)
 
 

@@ -10,6 +10,8 @@ Fetched sources (`python -m minitransformers fetch NAME`; see sources.py and dat
     load_wikitext2(split)   WikiText-2 raw lines; its own train/valid/test split.
     load_reviews(split)     Women's clothing reviews (title, text, rating 1-5, department, class); the split fixed at
                             fetch time by a seeded hash of each review (sources.review_split).
+    load_review_sentiment(split)  the same reviews for classification (`--data reviews-sentiment`): the review text,
+                            rating 4-5 -> 1 "positive", 1-2 -> 0 "negative", 3 dropped; load_reviews' splits.
 Your own files:
     load_csv, load_jsonl    a text and an integer label per row or object (string labels via `labels=[names]`).
     load_imdb(root, split)  the aclImdb/{train,test}/{pos,neg}/*.txt layout, 0 "negative", 1 "positive".
@@ -122,6 +124,15 @@ def load_sentiment(split: str, root: str | Path | None = None) -> list[Example]:
     return fixed_split(examples, 0.8, 0.1)[split]
 
 
+def load_review_sentiment(split: str, root: str | Path | None = None) -> list[Example]:
+    """The reviews of `load_reviews(split)` as sentiment examples: the review text, 1 = positive (4-5 stars), 0 =
+    negative (1-2 stars), 3 stars dropped (issue 22's reward model for DPO and SFT's rating agreement)."""
+    return [Example(r.text, int(r.rating >= 4)) for r in load_reviews(split, root) if r.rating != 3]
+
+
+BUILT_IN = {"sentiment": load_sentiment, "reviews-sentiment": load_review_sentiment}  # --data NAME -> its loader, labels SENTIMENT_LABELS
+
+
 def fixed_split(examples: Sequence, train: float, validation: float | None = None) -> dict[str, list]:
     """The module's split rule: shuffle indices with random.Random(0), then cut train / validation / test, the
     test split taking the rest. With validation=None, validation takes the rest and there is no test split."""
@@ -135,12 +146,12 @@ def fixed_split(examples: Sequence, train: float, validation: float | None = Non
 
 def load_classification(spec: str, root: str | Path | None = None, labels: Sequence[str] | None = None) -> dict[str, list[Example]]:
     """train / validation / test splits for `--data SPEC`, none of them empty:
-    - "sentiment": the built-in Rotten Tomatoes set and its fixed split;
+    - "sentiment", "reviews-sentiment" (BUILT_IN): the Rotten Tomatoes set, the clothing reviews; their fixed splits;
     - a folder with train/ and test/ (the aclImdb layout): its test set, and its train set cut 90/10;
     - a .csv or .jsonl file with `text` and `label` columns: cut 80/10/10 by the rule above, its labels mapped
       to ids by `label_names(spec, labels)`."""
-    if spec == "sentiment":
-        return {split: load_sentiment(split, root) for split in SENTIMENT_SPLITS}
+    if spec in BUILT_IN:
+        return {split: BUILT_IN[spec](split, root) for split in SENTIMENT_SPLITS}
     path = Path(spec)
     if path.is_dir():
         splits = {**fixed_split(load_imdb(path, "train"), 0.9), "test": load_imdb(path, "test")}
@@ -176,7 +187,7 @@ def file_format(spec: str):
     """(loader, row reader) of a .csv or .jsonl `--data` file."""
     formats = {".csv": (load_csv, csv_rows), ".jsonl": (load_jsonl, jsonl_rows)}
     if Path(spec).suffix not in formats:
-        raise InputError(f"--data {spec!r}: expected 'sentiment', an aclImdb folder, or a .csv / .jsonl file")
+        raise InputError(f"--data {spec!r}: expected 'sentiment', 'reviews-sentiment', an aclImdb folder, or a .csv / .jsonl file")
     return formats[Path(spec).suffix]
 
 
@@ -187,7 +198,7 @@ def label_names(spec: str, labels: Sequence[str] | None = None) -> list[str] | N
     - else "negative", "positive" for the built-in sets;
     - else a file's string labels, sorted; None if every label of the file is an integer. String labels that mix
       ids and names, or more than MAX_CLASSES of them, are refused (module docstring)."""
-    if spec == "sentiment" or Path(spec).is_dir():
+    if spec in BUILT_IN or Path(spec).is_dir():
         if labels is not None and len(labels) != len(SENTIMENT_LABELS):
             raise InputError(f"--data {spec!r} has {len(SENTIMENT_LABELS)} labels {list(SENTIMENT_LABELS)}; --labels gave {len(labels)}: {list(labels)}")
         return list(labels or SENTIMENT_LABELS)
