@@ -1,6 +1,6 @@
 """What the experiments share: their options, naming the device, running many `finetune` jobs at once, writing a
-config's fields as the flags that set them, picking the learning rate and averaging over seeds, their tables'
-accuracy deltas, and how a wall time reads."""
+config's fields as the flags that set them (and reading back how much a run scored), picking the learning rate and
+averaging over seeds, their tables' accuracy deltas, and how a wall time reads."""
 
 from __future__ import annotations
 
@@ -88,6 +88,13 @@ def flags(fields: dict) -> list[str]:
         return f"{float(mantissa):g}e{int(exponent)}"
 
     return [s for k, v in fields.items() for s in (f"--{k.replace('_', '-')}", value(v))]
+
+
+def scored_on(finetune_args: list[str]) -> str:
+    """Which validation and test sentences the runs of a report scored, from its finetune flags (a quick profile
+    scores a sample, --max-eval-examples N): "the first N validation and test sentences", or "all of validation and test"."""
+    n = dict(zip(finetune_args[::2], finetune_args[1::2])).get("--max-eval-examples", "0")
+    return f"the first {n} validation and test sentences" if n != "0" else "all of validation and test"
 
 
 def points_vs(row: dict, acc: dict[str, float], baseline: str) -> str:

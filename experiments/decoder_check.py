@@ -1,6 +1,6 @@
 """The decoder on the real SmolLM2-135M-Instruct GGUF, against `transformers`' model built from the same file.
 
-    python experiments/decoder_check.py --profile quick   # 16 perplexity windows: a few minutes on the 2-core CPU machine (measured: see the report's wall time)
+    python experiments/decoder_check.py --profile quick   # 16 perplexity windows: about 1 minute on the 2-core CPU machine (measured: see the report's wall time)
     python experiments/decoder_check.py --profile full    # every window of WikiText-2's test split (CPU: about an hour)
 
 Three checks, each through our code and through transformers (`LlamaForCausalLM.from_pretrained(dir,

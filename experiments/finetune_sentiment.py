@@ -4,7 +4,7 @@ BERT's recipe (Devlin et al. 2019, section 4.1, appendix A.3): a linear head on 
 trained with AdamW, linear warmup over 10% of the steps then linear decay, the best epoch on validation kept
 and scored once on the test split.
 
-    python experiments/finetune_sentiment.py --profile quick   # a subset, 1 epoch: about 3 minutes on the 2-core CPU machine (measured: see the report's wall time)
+    python experiments/finetune_sentiment.py --profile quick   # 5,000 sentences, 1 epoch: about 2 minutes on the 2-core CPU machine (measured: see the report's wall time)
     python experiments/finetune_sentiment.py --profile full    # all 8,454 training sentences, 3 epochs
 
 Writes runs/finetune_sentiment_<profile>/ (the model, metrics) and experiments/results/finetune_sentiment.md;

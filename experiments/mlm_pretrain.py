@@ -8,12 +8,14 @@
    pooling: MLM alone (no next-sentence prediction here) gives [CLS] no objective of its own, so its state
    says little about the sentence, while every token's state is trained.
 
-    python experiments/mlm_pretrain.py --profile quick   # a smoke run: about 5 minutes on the 2-core CPU machine (measured: see the report's wall time)
+    python experiments/mlm_pretrain.py --profile quick   # a smoke run: about 3 minutes on the 2-core CPU machine (measured: see the report's wall time)
     python experiments/mlm_pretrain.py --profile full    # longer pretraining, meant for a GPU
 
 The full profile fine-tunes each starting point with 3 seeds, on all the labelled examples and on 1000 of
-them (pretraining is expected to matter most when labels are few). On CUDA the fine-tuning runs go in parallel
-processes: a 5M-parameter model leaves the GPU mostly idle, and each run is bound by its Python loop.
+them (pretraining is expected to matter most when labels are few). The quick profile pretrains 100 steps,
+validated once at the end, and fine-tunes each starting point once on 1000 of them, scoring the first 300
+validation and test sentences. On CUDA the fine-tuning runs go in parallel processes: a 5M-parameter model
+leaves the GPU mostly idle, and each run is bound by its Python loop.
 
 Writes runs/mlm_pretrain_<profile>/ and experiments/results/mlm_pretrain.{json,md} (a section per profile); the last
 line printed is JSON.
@@ -34,13 +36,14 @@ from minitransformers.recipes import finetune, pretrain
 from minitransformers.text.sources import data_dir, is_fetched
 from minitransformers.text.tokenizer import Tokenizer
 
-from common import device_name, flags, reference_name, run_all, wall_time
+from common import device_name, flags, reference_name, run_all, scored_on, wall_time
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FINETUNE = {"pooling": "mean", "lr": 1e-4}  # a small encoder takes a larger step than BERT-base's 2e-5 to 5e-5
-PROFILES = {  # "finetune": FinetuneConfig fields
-    "quick": {"steps": 150, "batch": 32, "seeds": [0], "train_examples": [2000], "finetune": {**FINETUNE, "epochs": 1, "max_length": 64}},
-    "full": {"steps": 16000, "batch": 128, "seeds": [0, 1, 2], "train_examples": [0, 1000], "finetune": {**FINETUNE, "epochs": 3, "max_length": 128}},
+PROFILES = {  # "evals": validation passes over the pretraining (the curve's points); "finetune": FinetuneConfig fields
+    "quick": {"steps": 100, "batch": 32, "evals": 1, "seeds": [0], "train_examples": [1000],
+              "finetune": {**FINETUNE, "epochs": 1, "max_length": 64, "max_eval_examples": 300}},
+    "full": {"steps": 16000, "batch": 128, "evals": 5, "seeds": [0, 1, 2], "train_examples": [0, 1000], "finetune": {**FINETUNE, "epochs": 3, "max_length": 128}},
 }
 
 
@@ -95,7 +98,7 @@ def main() -> None:
         pretrained = json.loads((mlm / "metrics.json").read_text())
     else:
         pretrained = pretrain.run(pretrain.PretrainConfig(size="small", steps=profile["steps"], batch_size=profile["batch"],
-                                                          eval_every=max(1, profile["steps"] // 5), out=str(mlm), **common))  # fmt: skip
+                                                          eval_every=max(1, profile["steps"] // profile["evals"]), out=str(mlm), **common))  # fmt: skip
     loss = curves(mlm)
     random_init = root / "random_init"  # the same architecture and tokenizer, never trained
     torch.manual_seed(0)
@@ -143,13 +146,14 @@ def render(r: dict) -> str:
         + (f"; wall time {wall_time(r['wall_seconds'])}" if "wall_seconds" in r else "")
         + (f"; pretraining reused from `{r['pretrained_from']}` (its own run, same profile)." if r.get("pretrained_from") else "."),
         f"Pretraining: `small` encoder ({p['parameters']:,} parameters), vocabulary {p['vocab_size']}, {p['train_sequences']} sequences of "
-        f"{p['seq_length']} tokens, {p['steps']} steps, {p['train_seconds']:.0f} s.",
+        f"{p['seq_length']} tokens, {p['steps']} steps, {p['train_seconds']:.0f} s" + (", validated once, at the end." if len(r["loss"]["validation"]) == 1 else "."),
         "",
         "| validation MLM loss (nats) | unigram entropy (nats) | masked-token accuracy | perplexity |",
         "|---|---|---|---|",
         f"| {p['validation_loss']:.3f} | {p['unigram_entropy']:.3f} | {p['validation_accuracy']:.4f} | {p['validation_perplexity']:.1f} |",
         "",
-        f"Sentiment fine-tuning, the same recipe for all three: `finetune {' '.join(r.get('finetune_args', ['--pooling', 'cls']))}`.",
+        f"Sentiment fine-tuning, the same recipe for all three: `finetune {' '.join(r.get('finetune_args', ['--pooling', 'cls']))}`"
+        + (f"; each run scores {scored_on(r['finetune_args'])}." if "--max-eval-examples" in r.get("finetune_args", []) else "."),
         "",
         "| starting point | labelled examples | test accuracy (mean ± std over seeds) | per seed | validation accuracy (mean) |",
         "|---|---|---|---|---|",

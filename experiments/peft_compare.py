@@ -1,16 +1,17 @@
 """Every fine-tuning method on the same task and budget: full, a linear probe, BitFit, LoRA, Houlsby and
 Pfeiffer adapters, prompt tuning and prefix tuning, each from all-MiniLM-L6-v2 on Rotten Tomatoes sentiment.
 
-    python experiments/peft_compare.py --profile quick   # 1000 examples, 1 epoch: about 15 minutes on the 2-core CPU machine (measured: see the report's wall time)
+    python experiments/peft_compare.py --profile quick   # 1000 examples, 1 epoch, 300 scored: about 3 minutes on the 2-core CPU machine (measured: see the report's wall time)
     python experiments/peft_compare.py --profile full    # meant for a GPU: all 8454 examples, 4 epochs, an lr grid
 
 The budget is the same for all: data, epochs, batch 32, mean pooling, AdamW with warmup and linear decay.
 Only the learning rate differs, because the methods need very different ones: a few frozen-base parameters
 take larger steps than a whole pretrained model (prompt tuning's paper used 0.3). The full profile tries
 four learning rates per method on one seed, keeps the one with the best validation accuracy, and runs
-it on two more seeds; the table gives its mean test accuracy. The quick profile runs one rate, one seed: a
-smoke run, too short (32 steps) to test the papers' claims, which the report checks on the full profile only. On CUDA the runs share the GPU in parallel
-processes, so train times are comparable with each other within a run, not with a GPU to oneself.
+it on two more seeds; the table gives its mean test accuracy. The quick profile runs one rate (the third of
+each grid), one seed, and scores the first 300 validation and test sentences: a smoke run, too short (32 steps)
+to test the papers' claims, which the report checks on the full profile only. On CUDA the runs share the GPU in
+parallel processes, so train times are comparable with each other within a run, not with a GPU to oneself.
 
 Writes runs/peft_compare_<profile>/ and experiments/results/peft_compare.{json,md} (and a PNG of accuracy
 against trainable parameters when matplotlib is installed); the last line printed is JSON.
@@ -28,7 +29,7 @@ from minitransformers.peft.methods import METHODS as ALL_METHODS
 from minitransformers.recipes.finetune import FinetuneConfig
 from minitransformers.text.sources import data_dir
 
-from common import best_on_validation, device_name, experiment_parser, flags, over_seeds, points_vs, reference_name, run_all, wall_time
+from common import best_on_validation, device_name, experiment_parser, flags, over_seeds, points_vs, reference_name, run_all, scored_on, wall_time
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = tuple(m for m in ALL_METHODS if m != "qlora")  # QLoRA, a quantized base, has its own experiment: qlora.py
@@ -43,7 +44,7 @@ LR_GRID = {  # around what each paper used with AdamW-like optimisers; the third
     "prefix": [1e-4, 3e-4, 1e-3, 3e-3],  # Li & Liang: 5e-5 to 8e-5 for GPT-2 generation, through the MLP
 }
 PROFILES = {  # "finetune": FinetuneConfig fields
-    "quick": {"lrs": slice(2, 3), "seeds": [0], "finetune": {"max_train_examples": 1000, "epochs": 1, "max_length": 64}},
+    "quick": {"lrs": slice(2, 3), "seeds": [0], "finetune": {"max_train_examples": 1000, "epochs": 1, "max_length": 64, "max_eval_examples": 300}},
     "full": {"lrs": slice(0, 4), "seeds": [0, 1, 2], "finetune": {"epochs": 4, "max_length": 128}},
 }
 def train(root: Path, base: Path, jobs: list[tuple[str, float, int]], args, workers: int) -> list[dict]:
@@ -128,7 +129,8 @@ def render(r: dict) -> str:
         f"Command: `python experiments/peft_compare.py --profile {r['profile']}`; device {r['device_name']}, torch {r['torch']}"
         + (f"; wall time {wall_time(r['wall_seconds'])}." if "wall_seconds" in r else "."),
         f"Every method: `finetune --pooling mean --batch-size 32 {' '.join(r['finetune_args'])}`, each at its own learning rate "
-        "(the best of its grid on the validation split, on the first seed; the test split is scored once per run). Default method options:",
+        + (f"(quick: the third rate of its grid, one seed; each run scores {scored_on(r['finetune_args'])}). " if r["profile"] == "quick" else
+           "(the best of its grid on the validation split, on the first seed; the test split is scored once per run). ") + "Default method options:",
         "LoRA r = 8, α = 16 on query and value; adapters with reduction factor 16; 20 virtual tokens for prompt and prefix tuning "
         "(prompt: sampled-vocabulary init; prefix: through the MLP, dropped at save time).",
         "Peak memory: CUDA `max_memory_allocated` per run on a GPU, the process's peak RSS on a CPU. Saved: the bytes the run keeps "
