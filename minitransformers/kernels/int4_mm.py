@@ -386,7 +386,10 @@ GEMV_WORKSPACES: dict[tuple[torch.device, int], tuple[torch.Tensor, torch.Tensor
 def gemv_workspace(device: torch.device, N: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The GEMV's fp32 sums (N,) and int32 arrival counters (one per column tile of the narrowest config), made
     zero once per device and width and left zero by every call. Calls on one stream take turns; two streams
-    running GEMVs of the same width at once would share them, which this library never does."""
+    running GEMVs of the same width at once would share them, which this library never does. Every call of
+    `w4a16_linear_triton` (any M) makes its width's, so that generate's eager prefill makes them before a
+    compiled decode step runs: made inside torch.compile's CUDA-graph warm-up, they would sit in the graph's
+    memory pool, which refuses tensors that outlive a call ("tensors in the cudagraph pool not tracked as outputs")."""
     key = (device, N)
     if key not in GEMV_WORKSPACES:
         tiles = triton.cdiv(N, min(c["BLOCK_N"] for c in [*GEMV_CONFIGS, GEMV_INTERPRETER_CONFIG]))
@@ -410,6 +413,7 @@ def w4a16_linear_triton(
         raise InputError(f"the W4A16 kernels need K even and a whole number of power-of-two groups; got (N, K) = {w.shape}, "
                          f"group {w.group_size}: use w4a16_linear, which sends such weights to the reference")
     (N, K), lead = w.shape, x.shape[:-1]
+    sums, arrived = gemv_workspace(x.device, N)  # made here at any M: see gemv_workspace
     x2 = x.reshape(-1, K).contiguous()  # (M, K)
     M = x2.shape[0]
     kernel = kernel or pick_kernel(M)
@@ -423,7 +427,6 @@ def w4a16_linear_triton(
     grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), meta["SPLIT_K"])  # noqa: E731
     if kernel == "gemv":
         words = x.dtype in (torch.bfloat16, torch.float16)  # two 16-bit inputs a 4-byte word: see the kernel
-        sums, arrived = gemv_workspace(x.device, N)
         w4a16_gemv_kernel[grid](x2.view(torch.int32) if words else x2, out, bias, sums, arrived, N, K, K // 2, *weight_args(w),
                                 **flags, X_WORDS=words, X_BF16=x.dtype == torch.bfloat16)  # fmt: skip
         return out.view(*lead, N)
