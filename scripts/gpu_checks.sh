@@ -9,6 +9,7 @@
 #   bash scripts/gpu_checks.sh qlora gpu-tests      # QLoRA full profile (carry .carry, data/sentiment), other GPU tests
 #   bash scripts/gpu_checks.sh decoder              # decoder bf16/fp16 parity tests, then decode_bench.py (about 8 minutes)
 #   bash scripts/gpu_checks.sh decode-8b            # decode_bench.py on the Llama-8B shape, batch 1 (about 4 minutes)
+#   bash scripts/gpu_checks.sh ncu                  # Nsight Compute on the int4 / NF4 GEMV (scripts/ncu_gemv.py), CSV in $OUT
 #
 # bitsandbytes / torchao wheels in .whl/ are installed to /tmp/site first, if present (see the README).
 set -u
@@ -58,6 +59,10 @@ for what in "$@"; do
       stage decode-8b 420 python3 experiments/decode_bench.py --configs llama-8b --budget-s 150 --write-reference \
         --modes "ours compiled" "ours int4 compiled" "ours nf4 compiled"
       cp experiments/results/decode_bench_*llama_8b* "$LOG"/ 2>/dev/null ;;
+    ncu)  # speed of light, warp stalls, occupancy of each GEMV: DRAM-bound or issue-bound?
+      stage ncu-gemv 120 ncu --nvtx --nvtx-include "profile/" --clock-control none --csv --section SpeedOfLight \
+        --section WarpStateStats --section Occupancy --section LaunchStats --section ComputeWorkloadAnalysis python3 scripts/ncu_gemv.py
+      cp "$LOG/ncu-gemv.log" "$LOG/ncu_gemv.csv" ;;
     gpu-tests)
       stage other-gpu-tests 150 python3 -m pytest -q -p no:cacheprovider -m gpu --ignore=tests/test_kernels_int8.py \
         --ignore=tests/test_kernels_int4.py --ignore=tests/test_decoder_gpu.py tests ;;
