@@ -11,9 +11,11 @@ quantization, as Dettmers et al.'s comparison of QLoRA with 16-bit LoRA: the bas
 
 Per method: trainable parameters, validation loss and perplexity of the review tokens after SFT against the same
 for the starting model (the instruct model, zero-shot), peak memory (CUDA's max allocated; on a CPU the process's
-peak RSS, each run in its own process), train time; and greedy generations for three fixed requests (1, 3 and 5
-stars, from the validation split) before and after. The issue's other SFT metric, agreement between the requested
-rating and the sentiment of the generated review, needs the review sentiment classifier, which is not built yet.
+peak RSS, each run in its own process), train time; rating agreement: for validation requests of 1-2 stars and of
+4-5 stars (as many of each), the share of generated reviews whose sentiment, by the review classifier of
+review_reward.py (P(positive) > 0.5), matches the requested side, before SFT (the instruct model prompted zero-shot)
+and after; and the generations for three fixed requests (1, 3 and 5 stars). Generation is greedy with a repetition
+penalty of 1.1 (deterministic; it keeps a 135M model out of loops), batched with left padding.
 
 Writes runs/sft_reviews_<profile>/ (the run folders) and experiments/results/sft_reviews.{json,md} (one entry per
 profile); the last line printed is JSON.
@@ -30,6 +32,7 @@ from pathlib import Path
 import torch
 
 from minitransformers.model.causal_lm import CausalLM
+from minitransformers.model.generate import generate as generate_ids
 from minitransformers.peft.lora import LoRAConfig
 from minitransformers.peft.methods import apply_method
 from minitransformers.peft.qlora import ALL_LINEAR, QLoRAConfig
@@ -40,27 +43,48 @@ from minitransformers.text.sources import data_dir
 from minitransformers.train.tasks import SupervisedFineTuning
 
 from common import device_name, experiment_parser, wall_time
+from review_reward import ReviewSentiment
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "targets": ALL_LINEAR}
 METHODS = {"full": (None, 2e-5), "lora": (LoRAConfig(**LORA), 2e-4), "qlora": (QLoRAConfig(**LORA, double_quant=True), 2e-4)}
-PROFILES = {  # SFTConfig fields, and the new tokens of each generation
-    "quick": {"sft": {"max_train_examples": 8, "max_eval_examples": 8, "max_length": 256, "batch_size": 2, "max_steps": 2}, "new_tokens": 32},
-    "full": {"sft": {"max_eval_examples": 1000, "max_length": 512, "batch_size": 8, "epochs": 1}, "new_tokens": 96},
+PROFILES = {  # SFTConfig fields, the new tokens of each generation, requests per side (negative, positive) for the agreement
+    "quick": {"sft": {"max_train_examples": 8, "max_eval_examples": 8, "max_length": 256, "batch_size": 2, "max_steps": 2}, "new_tokens": 32, "requests": 3},
+    "full": {"sft": {"max_eval_examples": 1000, "max_length": 512, "batch_size": 8, "epochs": 1}, "new_tokens": 96, "requests": 100},
 }
 KEPT = ("trainable_parameters", "validation_loss", "validation_perplexity", "validation_tokens", "steps", "train_rows", "train_seconds", "peak_memory_mb")
 
 
-def requests() -> list[str]:
-    """The instructions of the first validation reviews rated 1, 3 and 5 stars: the fixed prompts of the generations."""
+def requests(per_side: int) -> tuple[list[str], list[int]]:
+    """The instructions of the first validation reviews rated 1, 3 and 5 stars (the shown samples), then of the first
+    PER_SIDE rated 1-2 and the first PER_SIDE rated 4-5 (the agreement's), and the requested ratings."""
     reviews = load_reviews("validation")
-    return [review_conversation(next(r for r in reviews if r.rating == stars), "").messages[0]["content"] for stars in (1, 3, 5)]
+    shown = [next(r for r in reviews if r.rating == stars) for stars in (1, 3, 5)]
+    scored = [r for r in reviews if r.rating <= 2][:per_side] + [r for r in reviews if r.rating >= 4][:per_side]
+    return [review_conversation(r, "").messages[0]["content"] for r in shown + scored], [r.rating for r in shown + scored]
 
 
-def generations(model: str, prompts: list[str], new_tokens: int, device: str) -> list[str]:
-    """Greedy answers (repetition penalty 1.1, which keeps a 135M model out of loops) through the chat template."""
-    config = generate.GenerateConfig(model=model, prompts=prompts, chat=True, temperature=0, repetition_penalty=1.1, max_new_tokens=new_tokens, device=device)
-    return [result["text"] for result in generate.run(config)]
+@torch.no_grad()
+def generations(model: str, prompts: list[str], new_tokens: int, device: str, batch_size: int = 16) -> list[str]:
+    """Each prompt as a user message through the chat template, answered greedily (repetition penalty 1.1), in
+    left-padded batches; each answer up to its first stop token."""
+    lm, tokenizer = generate.load_language_model(model, device)
+    template = generate.chat_template(tokenizer)
+    options = generate.generation_config(generate.GenerateConfig(model=model, temperature=0, repetition_penalty=1.1, max_new_tokens=new_tokens), tokenizer, template)
+    texts = []
+    for i in range(0, len(prompts), batch_size):
+        batch = tokenizer([template.render([{"role": "user", "content": p}], add_generation_prompt=True) for p in prompts[i : i + batch_size]])  # left-padded
+        tokens = generate_ids(lm, batch["input_ids"].to(device), batch["attention_mask"].to(device), options)  # (B, N)
+        for row in tokens.tolist():
+            stop = next((k for k, t in enumerate(row) if t in options.stop_ids), len(row))
+            texts.append(tokenizer.decode(row[:stop]))
+    return texts
+
+
+def agreement(texts: list[str], ratings: list[int], reward) -> float:
+    """The share of reviews whose classified sentiment (P(positive) > 0.5) is the requested one (4-5 stars positive)."""
+    positive = reward.positive_probability(texts)
+    return sum((p > 0.5) == (stars >= 4) for p, stars in zip(positive, ratings)) / len(texts)
 
 
 @torch.no_grad()
@@ -85,7 +109,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     args = parser.parse_args()
     profile, root, base = PROFILES[args.profile], Path("runs") / f"sft_reviews_{args.profile}", str(data_dir("smollm2"))
-    prompts = requests()
+    prompts, ratings = requests(profile["requests"])
     before = {"float": starting_loss(base, profile, args.device, args.precision, "full")}
     if "qlora" in args.methods:
         before["nf4"] = starting_loss(base, profile, args.device, args.precision, "qlora")
@@ -94,11 +118,16 @@ def main() -> None:
                for method in args.methods]  # fmt: skip
     with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1) as pool:  # each run's peak memory its own
         metrics = list(pool.map(sft.run, configs))
-    rows = [{"method": c.method, "lr": c.lr, "before": before["nf4" if c.method == "qlora" else "float"], **{k: m[k] for k in KEPT}} for c, m in zip(configs, metrics)]
-    samples = {"before": generations(base, prompts, profile["new_tokens"], args.device)}
-    samples.update({c.method: generations(c.out, prompts, profile["new_tokens"], args.device) for c in configs})
+    texts = {"before": generations(base, prompts, profile["new_tokens"], args.device)}
+    texts.update({c.method: generations(c.out, prompts, profile["new_tokens"], args.device) for c in configs})
+    reward = ReviewSentiment.train_or_load(args.profile, args.device, args.precision)
+    agree = {name: agreement(t[3:], ratings[3:], reward) for name, t in texts.items()}  # the first three are the shown samples
+    rows = [{"method": c.method, "lr": c.lr, "before": before["nf4" if c.method == "qlora" else "float"], **{k: m[k] for k in KEPT},
+             "agreement_before": agree["before"], "agreement": agree[c.method]} for c, m in zip(configs, metrics)]  # fmt: skip
+    classifier = {k: reward.metrics[k] for k in ("train_examples", "test_accuracy", "test_macro_f1")}
+    samples = {name: t[:3] for name, t in texts.items()}
     report = {"profile": args.profile, "model": "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to float32)", "sft": profile["sft"], "lora": {**LORA, "targets": list(ALL_LINEAR)},
-              "before": before, "rows": rows, "prompts": prompts, "generations": samples, "device_name": device_name(args.device), "precision": args.precision,
+              "before": before, "rows": rows, "prompts": prompts[:3], "generations": samples, "classifier": classifier, "requests_per_side": profile["requests"], "device_name": device_name(args.device), "precision": args.precision,
               "torch": torch.__version__, "wall_seconds": time.perf_counter() - start}  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "sft_reviews.json"
@@ -121,17 +150,19 @@ def render(r: dict) -> str:
         "(query key value out gate up down); QLoRA's base in NF4 with double quantization. Validation loss: mean cross-entropy per review token "
         f"(the review and its end of turn), on the first {r['sft']['max_eval_examples']:,} validation reviews.",
         "",
-        "| method | lr | trainable params | validation loss (before → after) | perplexity (before → after) | steps | packed rows | peak memory MB | train s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | lr | trainable params | validation loss (before → after) | perplexity (before → after) | rating agreement (before → after) | steps | packed rows | peak memory MB | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         *[f"| {row['method']} | {row['lr']:g} | {row['trainable_parameters']:,} | {row['before']['loss']:.4f} → {row['validation_loss']:.4f} | "
-          f"{row['before']['perplexity']:.2f} → {row['validation_perplexity']:.2f} | {row['steps']} | {row['train_rows']:,} | {row['peak_memory_mb']:.0f} | {row['train_seconds']:.0f} |"
+          f"{row['before']['perplexity']:.2f} → {row['validation_perplexity']:.2f} | {row['agreement_before']:.2f} → {row['agreement']:.2f} | {row['steps']} | {row['train_rows']:,} | {row['peak_memory_mb']:.0f} | {row['train_seconds']:.0f} |"
           for row in r["rows"]],
         "",
         "Before: the starting model, zero-shot; for QLoRA its NF4 base, the GGUF's Q4_1 weights (dequantized) quantized again to NF4, "
         + (f"whose loss is {r['before']['nf4']['loss'] - r['before']['float']['loss']:+.4f} from the float model's before any step." if "nf4" in r["before"] else "not run here."),
         "",
-        "Rating agreement (the requested rating against the sentiment of the generated review) is not measured yet: it needs the review "
-        "sentiment classifier of issue 22.",
+        f"Rating agreement: the share of {2 * r['requests_per_side']} generated reviews ({r['requests_per_side']} requests of 1-2 stars, "
+        f"{r['requests_per_side']} of 4-5, the first of the validation split) whose sentiment by the review classifier (review_reward.py: "
+        f"{r['classifier']['train_examples']:,} train reviews, test accuracy {r['classifier']['test_accuracy']:.3f}, macro-F1 "
+        f"{r['classifier']['test_macro_f1']:.3f}) is the requested side; 0.5 is chance, and a classifier that calls everything positive gives 0.5.",
         "",
     ]  # fmt: skip
     if r["profile"] == "quick":
