@@ -11,7 +11,7 @@ import torch
 
 from .cli_lm import add_parsers as add_lm_parsers
 from .errors import Error, InputError
-from .cli_args import add_run_args, count, device, fraction, nonnegative_float, positive_float, positive_int, probability
+from .cli_args import add_run_args, add_training_args, count, device, fraction, nonnegative_float, positive_float, positive_int, probability
 from .recipes import config_from, default_device, max_length_for
 from .recipes.outputs import check_new_run, data_path
 
@@ -325,27 +325,16 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="'sentiment' (Rotten Tomatoes), 'reviews-sentiment' (clothing reviews, 1-2 vs 4-5 stars), an aclImdb folder, or a .csv/.jsonl file with text and label columns")
     p.add_argument("--out", required=True, help="run folder: metrics, checkpoint and the best model")
     p.add_argument("--labels", nargs="+", metavar="NAME", help="names of label ids 0, 1, ... in this order, kept in the model (config.json's id2label); a .csv/.jsonl file's labels must be these names or ids below their count (default: the data's own: negative positive for sentiment, reviews-sentiment and aclImdb, a file's string labels sorted, LABEL_0 ... for integer labels)")
-    p.add_argument("--epochs", type=positive_int, default=3, help="passes over the training set (default: 3)")
-    p.add_argument("--max-steps", type=count, default=0, help="stop after this many optimizer steps (default: 0, the epochs decide)")
-    p.add_argument("--lr", type=positive_float, default=5e-5, help="peak learning rate (default: 5e-5)")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="global batch: examples per micro-step over all processes (default: 32)")
-    p.add_argument("--grad-accum", type=positive_int, default=1, help="micro-steps per optimizer step (default: 1)")
     p.add_argument("--max-length", type=positive_int, help="truncate to this many tokens (default: 128, or the model's positions if fewer)")
     p.add_argument("--max-train-examples", type=count, default=0, help="use only the first N training examples (default: all)")
     p.add_argument("--max-eval-examples", type=count, default=0, help="validate and test on the first N examples of each split only, for a quick try (default: all)")
-    p.add_argument("--warmup", type=fraction, default=0.1, help="fraction of the steps for linear warmup (default: 0.1)")
-    p.add_argument("--schedule", choices=("linear", "cosine"), default="linear", help="decay after warmup (default: linear)")
-    p.add_argument("--weight-decay", type=nonnegative_float, default=0.01, help="AdamW decay, not applied to biases and LayerNorm (default: 0.01)")
-    p.add_argument("--max-grad-norm", type=positive_float, default=1.0, help="clip the gradient norm to this (default: 1.0)")
-    p.add_argument("--eval-every", type=count, default=0, help="evaluate and checkpoint every N steps (default: 0, each epoch end)")
     p.add_argument("--metric", default="accuracy", choices=("accuracy", "macro_f1", "loss"), help="picks the best checkpoint (default: accuracy)")
     p.add_argument("--pooling", default="pooler", choices=("pooler", "cls", "mean"), help="sequence representation for the head (default: pooler, as BERT)")
     p.add_argument("--unpad", action="store_true", help="run the dense layers on real tokens only, skipping padding (faster on GPU; model/unpad.py)")
     p.add_argument("--no-bucket", action="store_true", help="plain shuffled batches instead of length-bucketed ones")
-    p.add_argument("--seed", type=count, default=0, help="seeds data order, initialisation and dropout (default: 0)")
-    p.add_argument("--device", default=default_device(), type=device, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast dtype on CUDA; CPU runs fp32 (default: fp32)")
-    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute each encoder layer in the backward pass instead of keeping its activations: less memory, about one more forward")
+    add_training_args(p, epochs=3, lr=5e-5, lr_note="", batch_size=32, batch_help="global batch: examples per micro-step over all processes", warmup=0.1,
+                      schedule="linear", weight_decay=0.01, weight_decay_note=", not applied to biases and LayerNorm", seed_help="seeds data order, initialisation and dropout",
+                      layer="encoder")  # fmt: skip
     add_run_args(p)
     add_method_args(p)
 

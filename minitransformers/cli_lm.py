@@ -7,7 +7,7 @@ import json
 import sys
 
 from .errors import InputError
-from .cli_args import add_run_args, count, device, fraction, nonnegative_float, positive_float, positive_int, probability
+from .cli_args import add_run_args, add_training_args, count, device, fraction, nonnegative_float, positive_float, positive_int, probability
 from .recipes import config_from, default_device
 
 MODEL_HELP = "data/smollm2 (fetch smollm2 first), a .gguf file, or an HF LlamaForCausalLM folder"
@@ -182,20 +182,9 @@ def add_sft_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-length", type=positive_int, default=512, help="tokens per example (and per packed row); longer examples are skipped and counted, not truncated (default: 512)")
     p.add_argument("--max-train-examples", type=count, default=0, help="train on the first N examples only (default: 0, all)")
     p.add_argument("--max-eval-examples", type=count, default=0, help="validate on the first N examples only, for a quick try (default: 0, all)")
-    p.add_argument("--epochs", type=positive_int, default=1, help="passes over the training set (default: 1; InstructGPT's SFT overfits validation loss after one)")
-    p.add_argument("--max-steps", type=count, default=0, help="stop after this many optimizer steps (default: 0, the epochs decide)")
-    p.add_argument("--lr", type=positive_float, default=2e-5, help="peak learning rate (default: 2e-5, TRL's, for full; LoRA usually wants 1e-4 to 2e-4)")
-    p.add_argument("--batch-size", type=positive_int, default=8, help="rows (examples, or packed rows) per micro-step over all processes (default: 8, TRL's)")
-    p.add_argument("--grad-accum", type=positive_int, default=1, help="micro-steps per optimizer step (default: 1)")
-    p.add_argument("--warmup", type=fraction, default=0.03, help="fraction of the steps for linear warmup (default: 0.03)")
-    p.add_argument("--schedule", choices=("linear", "cosine"), default="cosine", help="decay after warmup (default: cosine, as InstructGPT)")
-    p.add_argument("--weight-decay", type=nonnegative_float, default=0.0, help="AdamW decay (default: 0, TRL's)")
-    p.add_argument("--max-grad-norm", type=positive_float, default=1.0, help="clip the gradient norm to this (default: 1.0)")
-    p.add_argument("--eval-every", type=count, default=0, help="evaluate, keep the best model and checkpoint every N steps (default: 0, each epoch end)")
-    p.add_argument("--seed", type=count, default=0, help="seeds the data order and LoRA's initialisation (default: 0)")
-    p.add_argument("--device", default=default_device(), type=device, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast dtype on CUDA; CPU runs fp32 (default: fp32)")
-    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute each decoder layer in the backward pass instead of keeping its activations")
+    add_training_args(p, epochs=1, epochs_note="; InstructGPT's SFT overfits validation loss after one", lr=2e-5, lr_note=", TRL's, for full; LoRA usually wants 1e-4 to 2e-4",
+                      batch_size=8, batch_help="rows (examples, or packed rows) per micro-step over all processes; TRL's", warmup=0.03, schedule="cosine",
+                      weight_decay=0.0, weight_decay_note=" (TRL's 0)", seed_help="seeds the data order and LoRA's initialisation", layer="decoder")  # fmt: skip
     add_lora_args(p, "what trains (minitransformers/peft/); the saved model has LoRA merged in")
     add_run_args(p)
 
@@ -209,21 +198,10 @@ def add_dpo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precompute-reference", action="store_true", help="compute the reference's log-probs of every pair once before training: no reference copy or second forward during training")
     p.add_argument("--template", choices=("chatml", "smollm2"), help="render conversations with this chat template instead of the model's own")
     p.add_argument("--max-length", type=positive_int, help="keep the first N tokens of prompt + completion; pairs whose prompt alone is this long are skipped, counted (default: 1024, TRL's, or the model's positions if fewer)")
-    p.add_argument("--epochs", type=positive_int, default=1, help="passes over the pairs (default: 1)")
-    p.add_argument("--max-steps", type=count, default=0, help="stop after this many optimizer steps (default: 0, the epochs decide)")
-    p.add_argument("--lr", type=positive_float, default=1e-6, help="peak learning rate (default: 1e-6, the paper's and TRL's, for full; LoRA usually wants 1e-5 to 1e-4)")
-    p.add_argument("--batch-size", type=positive_int, default=8, help="pairs per micro-step over all processes; each pair is two sequences (default: 8, TRL's)")
-    p.add_argument("--grad-accum", type=positive_int, default=1, help="micro-steps per optimizer step (default: 1)")
-    p.add_argument("--warmup", type=fraction, default=0.1, help="fraction of the steps for linear warmup (default: 0.1)")
-    p.add_argument("--schedule", choices=("linear", "cosine"), default="linear", help="decay after warmup (default: linear)")
-    p.add_argument("--weight-decay", type=nonnegative_float, default=0.0, help="AdamW decay (default: 0, TRL's)")
-    p.add_argument("--max-grad-norm", type=positive_float, default=1.0, help="clip the gradient norm to this (default: 1.0)")
-    p.add_argument("--eval-every", type=count, default=0, help="evaluate and checkpoint every N steps (default: 0, each epoch end)")
+    add_training_args(p, epochs=1, lr=1e-6, lr_note=", the paper's and TRL's, for full; LoRA usually wants 1e-5 to 1e-4", batch_size=8,
+                      batch_help="pairs per micro-step over all processes, each pair two sequences; TRL's", warmup=0.1, schedule="linear",
+                      weight_decay=0.0, weight_decay_note=" (TRL's 0)", seed_help="seeds the data order and LoRA's initialisation", layer="decoder")  # fmt: skip
     p.add_argument("--eval-batch-size", type=positive_int, default=16, help="pairs per validation (and precompute) batch (default: 16)")
-    p.add_argument("--seed", type=count, default=0, help="seeds the data order and LoRA's initialisation (default: 0)")
-    p.add_argument("--device", default=default_device(), type=device, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast dtype on CUDA; CPU runs fp32 (default: fp32)")
-    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute each decoder layer in the backward pass instead of keeping its activations")
     add_lora_args(p, "what trains; the reference is always the starting model")
     add_run_args(p)
 
