@@ -92,8 +92,11 @@ def on(device: str, *shape):
     return SimpleNamespace(device=torch.device(device), shape=shape)
 
 
-def test_int_mm_rule_cpu_any_shape_cuda_cublas_shapes_other_devices_fall_back():
+def test_int_mm_rule_cpu_with_vnni_any_shape_cuda_cublas_shapes_other_devices_fall_back(monkeypatch):
+    monkeypatch.setattr(int8_mm, "cpu_has_int8_dot", lambda: True)
     assert int_mm_supported(on("cpu", 1, 3), on("cpu", 3, 5))
+    monkeypatch.setattr(int8_mm, "cpu_has_int8_dot", lambda: False)  # an AVX2-only CPU: the float64 path is faster
+    assert not int_mm_supported(on("cpu", 1, 3), on("cpu", 3, 5))
     assert int_mm_supported(on("cuda", 17, 64), on("cuda", 64, 24))
     for (M, K), N in [((16, 64), 24), ((17, 60), 24), ((17, 64), 7), ((17, 0), 8)]:  # M ≤ 16, K or N not a multiple of 8
         assert not int_mm_supported(on("cuda", M, K), on("cuda", K, N))
