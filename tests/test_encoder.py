@@ -174,3 +174,21 @@ def test_half_precision_on_cuda_is_as_accurate_as_transformers(tmp_path, dtype, 
         our_error = (ours.to(dtype)(ids, mask, types)[real].float() - reference).abs().max()
     assert torch.isfinite(our_error) and our_error <= 2 * hf_error + 1e-3
 
+
+
+def test_shapes_only_builds_on_meta_without_initialising_and_restores_torch_nn_init():
+    """hf.shapes_only: the model has shapes but no storage, torch.nn.init is a no-op inside and itself again after,
+    also when the body raises; a model loaded through it equals the one loaded into a real initialised copy."""
+    from minitransformers.io import hf
+
+    init = {name: getattr(torch.nn.init, name) for name in hf.INIT_FUNCTIONS}
+    with hf.shapes_only():
+        model = Encoder(EncoderConfig(vocab_size=50, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, max_position_embeddings=16))
+        assert all(p.is_meta for p in model.parameters())
+        real = torch.ones(3, device="cpu")
+        assert torch.nn.init.normal_(real) is real and real.tolist() == [1.0, 1.0, 1.0]  # skipped, whatever the device
+    assert {name: getattr(torch.nn.init, name) for name in hf.INIT_FUNCTIONS} == init
+    with pytest.raises(RuntimeError, match="inside"), hf.shapes_only():
+        raise RuntimeError("inside")
+    assert {name: getattr(torch.nn.init, name) for name in hf.INIT_FUNCTIONS} == init
+    assert not torch.equal(torch.nn.init.normal_(torch.ones(3)), torch.ones(3))

@@ -20,6 +20,7 @@ and `classifier.bias`; our SequenceClassifier names them `encoder.*` and `classi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import reprlib
@@ -126,6 +127,26 @@ def check_layer_count(hf_state: dict, num_layers: int, path, prefix: str = "enco
         held = f"{len(found)} layers" + (f" numbered {min(found)} … {max(found)}" if found else "")
         where, hint = (f"{path}: {count}", "is the file damaged?") if count else (f"{Path(path) / 'config.json'}: num_hidden_layers", "does config.json belong to these weights?")
         raise InputError(f"{where} is {num_layers}, but the weights hold {held}; {hint}")
+
+
+INIT_FUNCTIONS = ("normal_", "uniform_", "zeros_", "ones_", "constant_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_")
+
+
+@contextlib.contextmanager
+def shapes_only():
+    """Build modules with shapes only, for a checkpoint to fill: on the meta device, which allocates nothing (so
+    the checkpoint is checked against the shapes before anything is), with torch.nn.init's random initialisation
+    skipped meanwhile. The weights would lose it at once, and on the meta device its first call in a process
+    costs more than a second of one-time imports (torch._refs)."""
+    saved = {name: getattr(torch.nn.init, name) for name in INIT_FUNCTIONS}
+    try:
+        for name in INIT_FUNCTIONS:
+            setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        with torch.device("meta"):
+            yield
+    finally:
+        for name, function in saved.items():
+            setattr(torch.nn.init, name, function)
 
 
 def materialize(model: torch.nn.Module) -> torch.nn.Module:

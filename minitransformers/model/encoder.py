@@ -164,7 +164,7 @@ class Encoder(nn.Module):
         if any(k.startswith("bert.") for k in hf_state):
             hf_state = {k: v for k, v in hf_state.items() if k.startswith("bert.")}
         hf.check_layer_count(hf_state, config.num_layers, path)
-        with torch.device("meta"):  # shapes only: the weights are checked against them before anything is allocated
+        with hf.shapes_only():  # the weights are checked against them before anything is allocated
             model = cls(config, add_pooler=hf.has_pooler(hf_state)).resize_layers(hf.layer_widths(hf_state, config.num_layers))
         state = hf.to_ours(hf_state, config.num_layers, model.state_dict(), path)
         model = hf.materialize(model)

@@ -126,7 +126,7 @@ class SequenceClassifier(nn.Module):
         encoder_state, head = hf.split_classifier(hf.read_weights(path), path)
         head_options = head_config(hf_config, path, head)
         hf.check_layer_count(encoder_state, config.num_layers, path)
-        with torch.device("meta"), naming(Path(path) / "config.json"):  # shapes only, checked against the weights before anything is allocated
+        with hf.shapes_only(), naming(Path(path) / "config.json"):  # checked against the weights before anything is allocated
             encoder = Encoder(config, add_pooler=hf.has_pooler(encoder_state)).resize_layers(hf.layer_widths(encoder_state, config.num_layers))
             model = cls(encoder, **head_options)
         state = hf.classifier_to_ours(encoder_state, head, config.num_layers, model.state_dict(), path)

@@ -97,7 +97,7 @@ class MaskedLM(nn.Module):
         config = EncoderConfig.from_json(Path(path) / "config.json", **config_overrides)
         hf_state = hf.read_weights(path)
         hf.check_layer_count(hf_state, config.num_layers, path)
-        with torch.device("meta"):  # shapes only, checked against the weights before anything is allocated
+        with hf.shapes_only():  # checked against the weights before anything is allocated
             model = cls(Encoder(config, add_pooler=hf.has_pooler(hf_state)))
         state = hf.mlm_to_ours(hf_state, config.num_layers, model.state_dict(), path)
         model = hf.materialize(model)

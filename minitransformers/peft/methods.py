@@ -153,7 +153,7 @@ def trained_shapes(model: SequenceClassifier, method: str, options: dict) -> dic
     if method == "qlora":
         method, options = "lora", {k: v for k, v in asdict(method_config("qlora", options)).items() if k != "double_quant"}
     meta = copy.deepcopy(model).to("meta")
-    with torch.device("meta"):
+    with hf.shapes_only():
         apply_method(meta, method, options)
     return {name: p for name, p in meta.named_parameters() if p.requires_grad}
 

@@ -66,7 +66,7 @@ def load_quantized(path: str | Path) -> SequenceClassifier:
     config = EncoderConfig.from_hf(hf_config, path / "config.json")
     head_options = head_config(hf_config, path, {k: t for k, t in state.items() if k.startswith("classifier.")})
     hf.check_layer_count({k.replace("encoder.layers.", "encoder.layer."): v for k, v in state.items()}, config.num_layers, path)
-    with torch.device("meta"):  # shapes only: the saved tensors are assigned to it below, so config.json's sizes allocate nothing
+    with hf.shapes_only():  # the saved tensors are assigned to it below, so config.json's sizes allocate nothing
         encoder = Encoder(config, add_pooler=any(k.startswith("encoder.pooler.") for k in state))
         encoder.resize_layers([(rows(f"encoder.layers.{i}.attention.query", quantization, state), rows(f"encoder.layers.{i}.ffn.up", quantization, state))
                                for i in range(config.num_layers)])  # fmt: skip  # a structurally pruned model's narrower layers

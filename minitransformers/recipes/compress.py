@@ -81,7 +81,8 @@ def run(config: CompressConfig) -> dict:
         train_config = TrainConfig(out=None, epochs=config.epochs, lr=lr, weight_decay=weight_decay, batch_size=config.batch_size, seed=config.seed)
         best = {}
         trainer = Trainer(model, Classification(len(model.labels)), data["train"], data["validation"], lambda items: collate(items, tokenizer.pad_id),
-                          [len(e.input_ids) for e in data["train"]], train_config, world, save=lambda m, _: best.update(state=copy.deepcopy(m.state_dict())))  # fmt: skip
+                          [len(e.input_ids) for e in data["train"]], train_config, world, save=lambda m, _: best.update(state=copy.deepcopy(m.state_dict())),
+                          length=lambda e: len(e.input_ids))  # fmt: skip
         trainer.fit()  # in memory: no checkpoint or log files
         model.load_state_dict(best["state"])
         logs[stage] = trainer.history
@@ -110,7 +111,9 @@ def run(config: CompressConfig) -> dict:
 
 @torch.no_grad()
 def score(model: nn.Module, examples, pad_id: int, device: torch.device, batch_size: int = 128) -> dict:
-    """Accuracy, macro-F1 and loss of the model as it stands on `examples`."""
+    """Accuracy, macro-F1 and loss of the model as it stands on `examples`, in batches of similar lengths (each
+    padded only to its own longest; the scores are sums over examples, so the order changes none of them)."""
     model.eval()
+    examples = sorted(examples, key=lambda e: len(e.input_ids))
     batches = ({k: v.to(device) for k, v in collate(examples[i : i + batch_size], pad_id).items()} for i in range(0, len(examples), batch_size))
     return Classification(len(model.labels)).evaluate(model, batches)

@@ -115,6 +115,7 @@ def run(config: FinetuneConfig) -> dict:
         lambda items: collate(items, tokenizer.pad_id), [len(e.input_ids) for e in encoded["train"]], train_config, world,
         save=lambda best, folder: save_finetuned(best, folder, config.method, options, config.model),
         identity={**identity(config.model, config.data), "method": config.method, "method_options": options, "max_length": max_length, "pooling": config.pooling, "max_train_examples": config.max_train_examples},
+        length=lambda example: len(example.input_ids),
     )  # fmt: skip
     if world.is_main:
         with publish(out) as stage:

@@ -74,14 +74,16 @@ class Trainer:
     def __init__(
         self, model: nn.Module, task, train_set: Sequence, eval_set: Sequence, collate: Callable, lengths: Sequence[int], config: TrainConfig,
         world: World = World(), eval_collate: Callable | None = None, save: Callable[[nn.Module, Path | None], None] | None = None,
-        identity: dict | None = None,
+        identity: dict | None = None, length: Callable[[object], int] | None = None,
     ):  # fmt: skip
         """collate: a list of train_set items -> a batch of tensors; eval_collate (default: collate) does it for
         the evaluation items, e.g. when they were prepared once, such as fixed MLM masks. save(model, folder)
         keeps the best model (default: model.save_pretrained(folder), or nothing when out is None; an adapter
         method saves only its part); folder is None when out is. identity: what else makes the run this run
         (numbers and strings, such as the model and data paths); `resume` refuses a checkpoint whose identity
-        or TrainConfig differs (see RESUME_IGNORES)."""
+        or TrainConfig differs (see RESUME_IGNORES). length: an item's length in tokens, to evaluate in batches of
+        similar lengths, each padded only to its own longest (every task's scores are sums over examples, so the
+        order changes none of them); None: in the order given."""
         if config.precision != "fp32" and world.device.type != "cuda":
             raise InputError(f"precision {config.precision!r} needs CUDA; on {world.device.type} use fp32")
         self.model, self.task, self.config, self.world = model.to(world.device), task, config, world
@@ -89,6 +91,7 @@ class Trainer:
         self.out = None if config.out is None else Path(config.out)
         self.identity = dict(identity or {})
         self.save = save or (None if self.out is None else lambda model, folder: model.save_pretrained(folder))
+        self.length = length
         self.history: list[dict] = []  # every row this process logged (the main process only), as in metrics.jsonl
         self.sampler = BatchSampler(lengths, config.batch_size, bucket=config.bucket, seed=config.seed)
         self.steps_per_epoch = len(self.batches(0)) // config.grad_accum
@@ -141,6 +144,8 @@ class Trainer:
         """The task's metrics on `examples`, for the model being trained or another one (e.g. the best saved);
         a tqdm bar named `desc` (on stderr, main process only) counts the batches."""
         model = (model or unwrap(self.ddp)).eval()
+        if self.length is not None:
+            examples = sorted(examples, key=self.length)
         size = self.config.eval_batch_size
         starts = tqdm(range(0, len(examples), size), desc=desc, unit="batch", leave=False, disable=not self.world.is_main)
         batches = (self.to_device(self.eval_collate(examples[i : i + size])) for i in starts)
