@@ -314,6 +314,7 @@ def add_pretrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=fraction, default=0.06, help="fraction of the steps for linear warmup (default: 0.06)")
     p.add_argument("--weight-decay", type=nonnegative_float, default=0.01, help="AdamW decay, not applied to biases and LayerNorm (default: 0.01)")
     p.add_argument("--eval-every", type=count, default=0, help="evaluate and checkpoint every N steps (default: 0, at the end)")
+    p.add_argument("--max-eval-sequences", type=count, default=0, help="validate on the first N packed sequences only, for a quick try (default: 0, all)")
     p.add_argument("--seed", type=count, default=0, help="seeds initialisation, data order, masking and dropout (default: 0)")
     p.add_argument("--device", default=default_device(), type=device, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast dtype on CUDA; CPU runs fp32 (default: fp32)")

@@ -98,7 +98,7 @@ def test_pretrain_says_what_it_does_before_the_silent_steps(monkeypatch, tmp_pat
     assert "packing the train split" in err
 
 
-def tiny_pretrain(monkeypatch, tmp_path, out):
+def tiny_pretrain(monkeypatch, tmp_path, out, **options):
     from minitransformers.recipes import pretrain
 
     g = torch.Generator().manual_seed(0)
@@ -107,7 +107,7 @@ def tiny_pretrain(monkeypatch, tmp_path, out):
     (tmp_path / "train.raw").write_text("\n".join(lines))
     monkeypatch.setattr(pretrain, "data_dir", lambda name: tmp_path)
     monkeypatch.setattr(pretrain, "load_wikitext2", lambda split: lines if split == "train" else lines[:16])
-    config = pretrain.PretrainConfig(size="tiny", steps=6, batch_size=4, seq_length=16, vocab_size=60, eval_every=3, device="cpu", out=str(tmp_path / out))
+    config = pretrain.PretrainConfig(size="tiny", steps=6, batch_size=4, seq_length=16, vocab_size=60, eval_every=3, device="cpu", out=str(tmp_path / out), **options)
     pretrain.run(config)
     return tmp_path / out
 
@@ -118,6 +118,23 @@ def test_the_same_seed_pretrains_the_same_model_bit_for_bit(monkeypatch, tmp_pat
     assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
     losses = [[json.loads(line).get("loss") for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (a, b)]
     assert losses[0] == losses[1]
+
+
+def test_max_eval_sequences_validates_on_the_first_packed_sequences_only(monkeypatch, tmp_path):
+    from minitransformers.recipes import pretrain
+
+    validated = []
+
+    class Recording(pretrain.Trainer):
+        def evaluate(self, examples, model=None, desc="evaluate"):
+            validated.append(len(examples))
+            return super().evaluate(examples, model, desc)
+
+    monkeypatch.setattr(pretrain, "Trainer", Recording)
+    tiny_pretrain(monkeypatch, tmp_path, "all")
+    every, validated[:] = validated[:], []
+    tiny_pretrain(monkeypatch, tmp_path, "two", max_eval_sequences=2)
+    assert min(every) > 2 and validated == [2] * len(every)  # at steps 3 and 6, and the saved model's final score
 
 
 @pytest.mark.slow

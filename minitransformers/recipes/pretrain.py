@@ -55,6 +55,7 @@ class PretrainConfig:
     warmup: float = 0.06
     weight_decay: float = 0.01
     eval_every: int = 0  # 0: at the end
+    max_eval_sequences: int = 0  # validate on the first N packed sequences only; 0: all
     seed: int = 0
     device: str = field(default_factory=default_device)
     precision: str = "fp32"
@@ -110,6 +111,8 @@ def run(config: PretrainConfig) -> dict:
         say(world, f"tokenizing and packing the {split} split into sequences of {config.seq_length} tokens ...")
         encoded = tokenizer.encode(load_wikitext2(split), truncation=False, special_tokens=False)
         sequences[split] = pack_sequences((ids for ids, _ in encoded), config.seq_length, cls_id, sep_id)
+    if config.max_eval_sequences:
+        sequences["validation"] = sequences["validation"][: config.max_eval_sequences]
 
     encoder_config = EncoderConfig(vocab_size=tokenizer.vocab_size, max_position_embeddings=config.seq_length, **SIZES[config.size])
     model = MaskedLM(Encoder(encoder_config, add_pooler=False))
