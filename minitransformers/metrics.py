@@ -1,4 +1,4 @@
-"""Evaluation metrics, in numpy: Spearman's ρ, accuracy, macro-F1.
+"""Evaluation metrics, in numpy: Spearman's ρ, accuracy, macro-F1, and entity-level precision / recall / F1.
 
 Spearman's rank correlation (Spearman 1904) is Pearson's correlation of the ranks, with tied values given
 the mean of the ranks they span:
@@ -55,3 +55,68 @@ def macro_f1(predictions, labels, num_classes: int) -> float:
         if tp + fp + fn:
             scores.append(2 * tp / (2 * tp + fp + fn))
     return float(np.mean(scores)) if scores else 0.0
+
+
+# --- entity-level scores for sequence labelling, as seqeval computes them -----------------------------------------
+#
+# CoNLL's evaluation (conlleval.pl, Tjong Kim Sang & De Meulder 2003), which seqeval reproduces in its default mode
+# (mode=None, "compatible with conlleval"): an entity counts as found only when its type, first and last token all
+# match a gold entity. The tag sequences are read leniently, as the script does: a chunk also starts at an I-X after
+# O or after another type (a model's predictions may break IOB2). seqeval joins the sentences into one sequence with
+# an O after each, and splits a tag at its first character: "B-geo-loc" is B and geo-loc, "O" is O.
+
+
+def chunk_ends(prev_tag: str, tag: str, prev_type: str, type_: str) -> bool:
+    """Does a chunk end between the previous token and this one? (seqeval's end_of_chunk, IOBES included)"""
+    return (
+        prev_tag in ("E", "S")
+        or (prev_tag in ("B", "I") and tag in ("B", "S", "O"))
+        or (prev_tag not in ("O", ".") and prev_type != type_)
+    )
+
+
+def chunk_starts(prev_tag: str, tag: str, prev_type: str, type_: str) -> bool:
+    """Does a chunk start at this token? (seqeval's start_of_chunk)"""
+    return (
+        tag in ("B", "S")
+        or (prev_tag in ("E", "S", "O") and tag in ("E", "I"))
+        or (tag not in ("O", ".") and prev_type != type_)
+    )
+
+
+def entity_spans(sequences: list[list[str]]) -> list[tuple[str, int, int]]:
+    """(type, first, last) of each entity in the tag sequences, positions counted over the sequences joined with an O
+    after each, as seqeval's get_entities gives them."""
+    tags = [tag for sequence in sequences for tag in [*sequence, "O"]]
+    spans, prev_tag, prev_type, begin = [], "O", "", 0
+    for i, chunk in enumerate([*tags, "O"]):
+        tag, type_ = chunk[0], chunk[1:].split("-", maxsplit=1)[-1] or "_"
+        if chunk_ends(prev_tag, tag, prev_type, type_):
+            spans.append((prev_type, begin, i - 1))
+        if chunk_starts(prev_tag, tag, prev_type, type_):
+            begin = i
+        prev_tag, prev_type = tag, type_
+    return spans
+
+
+def prf(correct: int, predicted: int, gold: int) -> dict[str, float]:
+    """precision = correct / predicted, recall = correct / gold, F1 their harmonic mean; 0 where a denominator is 0
+    (seqeval's zero_division="warn", without the warning)."""
+    precision = correct / predicted if predicted else 0.0
+    recall = correct / gold if gold else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "support": gold}
+
+
+def entity_scores(gold: list[list[str]], predicted: list[list[str]]) -> dict:
+    """Entity-level scores of PREDICTED tag sequences against GOLD ones, one sequence per sentence: the micro average
+    over all entities ("overall", seqeval's precision_score, recall_score and f1_score) and each type's
+    ("per_type", classification_report's rows), each with its support, the number of gold entities."""
+    if len(gold) != len(predicted) or any(len(g) != len(p) for g, p in zip(gold, predicted)):
+        raise InputError(f"entity_scores needs one predicted tag per gold tag; got {len(predicted)} predicted sequences for {len(gold)} gold ones, or lengths that differ")
+    true, found = set(entity_spans(gold)), set(entity_spans(predicted))
+    per_type = {}
+    for type_ in sorted({t for t, _, _ in true | found}):
+        t, f = {e for e in true if e[0] == type_}, {e for e in found if e[0] == type_}
+        per_type[type_] = prf(len(t & f), len(f), len(t))
+    return {"overall": prf(len(true & found), len(found), len(true)), "per_type": per_type}

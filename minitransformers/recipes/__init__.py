@@ -9,6 +9,7 @@
     perplexity.py  PerplexityConfig: a causal LM's perplexity, windowed as llama.cpp computes it
     sft.py       SFTConfig: supervised fine-tuning of a causal LM on conversations, in full or with LoRA / QLoRA
     dpo.py       DPOConfig: preference-tune a causal LM with DPO, in full or with LoRA / QLoRA; `load_policy`
+    ner.py       NERConfig: fine-tune an encoder with a token-classification head on BIO-tagged sentences
 
 `cli.py` maps parsed arguments to these configs; experiments build the configs themselves.
 """

