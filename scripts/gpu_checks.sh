@@ -10,6 +10,9 @@
 #   bash scripts/gpu_checks.sh decoder              # decoder bf16/fp16 parity tests, then decode_bench.py (about 8 minutes)
 #   bash scripts/gpu_checks.sh decode-8b            # decode_bench.py on the Llama-8B shape, batch 1 (about 4 minutes)
 #   bash scripts/gpu_checks.sh ncu                  # Nsight Compute on the int4 / NF4 GEMV (scripts/ncu_gemv.py), CSV in $OUT
+#   bash scripts/gpu_checks.sh unpack               # join the SmolLM2 GGUF's pieces (scripts/carry_data.py) into data/smollm2
+#   bash scripts/gpu_checks.sh reward sft           # review_reward.py, then sft_reviews.py, full profiles (data: minilm, reviews, smollm2)
+#   bash scripts/gpu_checks.sh dpo                  # dpo_sentiment.py full profile, from sft's full run (the same warm machine)
 #
 # bitsandbytes / torchao wheels in .whl/ are installed to /tmp/site first, if present (see the README).
 set -u
@@ -19,7 +22,10 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=$PYTHONPATH:/tmp/site
 fi
-[ -d .carry/minilm ] && [ ! -d data/minilm ] && mkdir -p data && mv .carry/minilm data/minilm
+# what scripts/carry_data.py packed, carried by this call: into data/, where the next calls of a warm machine find it
+mkdir -p data/.pieces
+for name in minilm reviews; do [ -d .carry/$name ] && rm -rf data/$name && mv .carry/$name data/$name; done
+for piece in .carry/smollm2.*; do [ -e "$piece" ] && mv "$piece" data/.pieces/; done
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv | tee "$LOG/device.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$LOG/device.txt"
 
@@ -63,6 +69,23 @@ for what in "$@"; do
       stage ncu-gemv 120 ncu --nvtx --nvtx-include "profile/" --clock-control none --csv --section SpeedOfLight \
         --section WarpStateStats --section Occupancy --section LaunchStats --section ComputeWorkloadAnalysis python3 scripts/ncu_gemv.py
       cp "$LOG/ncu-gemv.log" "$LOG/ncu_gemv.csv" ;;
+    unpack)
+      if [ ! -f data/smollm2/.fetched ]; then
+        mkdir -p data/smollm2 && name=$(awk '{print $2}' data/.pieces/smollm2.name)
+        ls data/.pieces/smollm2.[0-9]* | sort -t. -k2 -n | xargs cat > "data/smollm2/$name"
+        (cd data/smollm2 && sha256sum -c ../.pieces/smollm2.name) && cp data/.pieces/smollm2.fetched data/smollm2/.fetched \
+          || { rm -rf data/smollm2; echo "smollm2: pieces missing or damaged"; }
+      fi
+      ls -la data/*/ | tee "$LOG/data.txt" ;;
+    reward)
+      stage review-reward 300 python3 experiments/review_reward.py --profile full
+      cp runs/review_sentiment_full/metrics.json "$LOG/review_sentiment_full.json" 2>/dev/null ;;
+    sft)
+      stage sft-full 540 python3 experiments/sft_reviews.py --profile full
+      cp experiments/results/sft_reviews.* "$LOG"/ 2>/dev/null ;;
+    dpo)
+      stage dpo-full 560 python3 experiments/dpo_sentiment.py --profile full
+      cp experiments/results/dpo_sentiment* "$LOG"/ 2>/dev/null ;;
     gpu-tests)
       stage other-gpu-tests 150 python3 -m pytest -q -p no:cacheprovider -m gpu --ignore=tests/test_kernels_int8.py \
         --ignore=tests/test_kernels_int4.py --ignore=tests/test_decoder_gpu.py tests ;;
