@@ -1,6 +1,6 @@
 """The decoder on the real SmolLM2-135M-Instruct GGUF, against `transformers`' model built from the same file.
 
-    python experiments/decoder_check.py --profile quick   # 16 perplexity windows: about 1 minute on the 2-core CPU machine (measured: see the report's wall time)
+    python experiments/decoder_check.py --profile quick   # 8 perplexity windows: about 1.5 minutes on the 2-core CPU machine (measured: see the report's wall time)
     python experiments/decoder_check.py --profile full    # every window of WikiText-2's test split (CPU: about an hour)
 
 Three checks, each through our code and through transformers (`LlamaForCausalLM.from_pretrained(dir,
@@ -30,7 +30,7 @@ from minitransformers.text.sources import data_dir
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-PROFILES = {"quick": {"max_chunks": 16}, "full": {"max_chunks": 0}}
+PROFILES = {"quick": {"max_chunks": 8}, "full": {"max_chunks": 0}}
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Photosynthesis is the process by which"]
 QUESTIONS = ["What is the capital of France?", "Give me three tips for staying focused while studying.", "Write a haiku about the sea."]
 

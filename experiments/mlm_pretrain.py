@@ -13,7 +13,7 @@
 
 The full profile fine-tunes each starting point with 3 seeds, on all the labelled examples and on 1000 of
 them (pretraining is expected to matter most when labels are few). The quick profile pretrains 100 steps,
-validated once at the end, and fine-tunes each starting point once on 1000 of them, scoring the first 300
+validated once at the end on the first 256 validation sequences, and fine-tunes each starting point once on 1000 of them, scoring the first 300
 validation and test sentences. On CUDA the fine-tuning runs go in parallel processes: a 5M-parameter model
 leaves the GPU mostly idle, and each run is bound by its Python loop.
 
@@ -40,10 +40,10 @@ from common import device_name, flags, reference_name, run_all, scored_on, wall_
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FINETUNE = {"pooling": "mean", "lr": 1e-4}  # a small encoder takes a larger step than BERT-base's 2e-5 to 5e-5
-PROFILES = {  # "evals": validation passes over the pretraining (the curve's points); "finetune": FinetuneConfig fields
-    "quick": {"steps": 100, "batch": 32, "evals": 1, "seeds": [0], "train_examples": [1000],
+PROFILES = {  # "evals": validation passes over the pretraining (the curve's points), each on the first "eval_sequences" (0: all); "finetune": FinetuneConfig fields
+    "quick": {"steps": 100, "batch": 32, "evals": 1, "eval_sequences": 256, "seeds": [0], "train_examples": [1000],
               "finetune": {**FINETUNE, "epochs": 1, "max_length": 64, "max_eval_examples": 300}},
-    "full": {"steps": 16000, "batch": 128, "evals": 5, "seeds": [0, 1, 2], "train_examples": [0, 1000], "finetune": {**FINETUNE, "epochs": 3, "max_length": 128}},
+    "full": {"steps": 16000, "batch": 128, "evals": 5, "eval_sequences": 0, "seeds": [0, 1, 2], "train_examples": [0, 1000], "finetune": {**FINETUNE, "epochs": 3, "max_length": 128}},
 }
 
 
@@ -98,7 +98,8 @@ def main() -> None:
         pretrained = json.loads((mlm / "metrics.json").read_text())
     else:
         pretrained = pretrain.run(pretrain.PretrainConfig(size="small", steps=profile["steps"], batch_size=profile["batch"],
-                                                          eval_every=max(1, profile["steps"] // profile["evals"]), out=str(mlm), **common))  # fmt: skip
+                                                          eval_every=max(1, profile["steps"] // profile["evals"]), max_eval_sequences=profile["eval_sequences"],
+                                                          out=str(mlm), **common))  # fmt: skip
     loss = curves(mlm)
     random_init = root / "random_init"  # the same architecture and tokenizer, never trained
     torch.manual_seed(0)
@@ -125,7 +126,7 @@ def main() -> None:
                          "validation_accuracy": sum(r["validation_accuracy"] for r in runs) / len(runs)})  # fmt: skip
 
     device = device_name(args.device)
-    report = {"profile": args.profile, "pretrained_from": str(args.pretrained) if args.pretrained else None, "finetune_args": flags(profile["finetune"]), "pretraining": pretrained, "loss": loss, "finetune": rows, "device_name": device, "torch": torch.__version__}
+    report = {"profile": args.profile, "pretrained_from": str(args.pretrained) if args.pretrained else None, "finetune_args": flags(profile["finetune"]), "pretraining": pretrained, "eval_sequences": profile["eval_sequences"], "loss": loss, "finetune": rows, "device_name": device, "torch": torch.__version__}
     RESULTS.mkdir(parents=True, exist_ok=True)
     report["png"] = plot(loss, pretrained["unigram_entropy"], RESULTS / f"mlm_pretrain_{args.profile}.png")
     report["wall_seconds"] = time.perf_counter() - start
@@ -146,7 +147,8 @@ def render(r: dict) -> str:
         + (f"; wall time {wall_time(r['wall_seconds'])}" if "wall_seconds" in r else "")
         + (f"; pretraining reused from `{r['pretrained_from']}` (its own run, same profile)." if r.get("pretrained_from") else "."),
         f"Pretraining: `small` encoder ({p['parameters']:,} parameters), vocabulary {p['vocab_size']}, {p['train_sequences']} sequences of "
-        f"{p['seq_length']} tokens, {p['steps']} steps, {p['train_seconds']:.0f} s" + (", validated once, at the end." if len(r["loss"]["validation"]) == 1 else "."),
+        f"{p['seq_length']} tokens, {p['steps']} steps, {p['train_seconds']:.0f} s" + (", validated once, at the end" if len(r["loss"]["validation"]) == 1 else "")
+        + (f", on the first {r['eval_sequences']} validation sequences." if r.get("eval_sequences") else "."),
         "",
         "| validation MLM loss (nats) | unigram entropy (nats) | masked-token accuracy | perplexity |",
         "|---|---|---|---|",

@@ -1,7 +1,7 @@
 """Every fine-tuning method on the same task and budget: full, a linear probe, BitFit, LoRA, Houlsby and
 Pfeiffer adapters, prompt tuning and prefix tuning, each from all-MiniLM-L6-v2 on Rotten Tomatoes sentiment.
 
-    python experiments/peft_compare.py --profile quick   # 1000 examples, 1 epoch, 300 scored: about 3 minutes on the 2-core CPU machine (measured: see the report's wall time)
+    python experiments/peft_compare.py --profile quick   # 640 examples, 1 epoch, 300 scored: about 2 minutes on the 2-core CPU machine (measured: see the report's wall time)
     python experiments/peft_compare.py --profile full    # meant for a GPU: all 8454 examples, 4 epochs, an lr grid
 
 The budget is the same for all: data, epochs, batch 32, mean pooling, AdamW with warmup and linear decay.
@@ -9,7 +9,7 @@ Only the learning rate differs, because the methods need very different ones: a 
 take larger steps than a whole pretrained model (prompt tuning's paper used 0.3). The full profile tries
 four learning rates per method on one seed, keeps the one with the best validation accuracy, and runs
 it on two more seeds; the table gives its mean test accuracy. The quick profile runs one rate (the third of
-each grid), one seed, and scores the first 300 validation and test sentences: a smoke run, too short (32 steps)
+each grid), one seed, and scores the first 300 validation and test sentences: a smoke run, too short (20 steps)
 to test the papers' claims, which the report checks on the full profile only. On CUDA the runs share the GPU in
 parallel processes, so train times are comparable with each other within a run, not with a GPU to oneself.
 
@@ -44,7 +44,7 @@ LR_GRID = {  # around what each paper used with AdamW-like optimisers; the third
     "prefix": [1e-4, 3e-4, 1e-3, 3e-3],  # Li & Liang: 5e-5 to 8e-5 for GPT-2 generation, through the MLP
 }
 PROFILES = {  # "finetune": FinetuneConfig fields
-    "quick": {"lrs": slice(2, 3), "seeds": [0], "finetune": {"max_train_examples": 1000, "epochs": 1, "max_length": 64, "max_eval_examples": 300}},
+    "quick": {"lrs": slice(2, 3), "seeds": [0], "finetune": {"max_train_examples": 640, "epochs": 1, "max_length": 64, "max_eval_examples": 300}},
     "full": {"lrs": slice(0, 4), "seeds": [0, 1, 2], "finetune": {"epochs": 4, "max_length": 128}},
 }
 def train(root: Path, base: Path, jobs: list[tuple[str, float, int]], args, workers: int) -> list[dict]:
@@ -146,7 +146,7 @@ def render(r: dict) -> str:
         "",
     ]  # fmt: skip
     if r["profile"] == "quick":
-        lines += ["The quick profile is a smoke run of 32 steps per method: too short to test the papers' claims. The full profile does.", ""]
+        lines += ["The quick profile is a smoke run of 20 steps per method: too short to test the papers' claims. The full profile does.", ""]
     elif set(acc) >= set(METHODS):
         lines += ["What the papers claim, and whether this table agrees:", "", "| claim | test on this table | agrees |", "|---|---|---|"]
         lines += [f"| {claim} | {name} | {'yes' if rule(acc) else 'no'} |" for claim, rule, name in CLAIMS]

@@ -1,7 +1,7 @@
 """QLoRA against LoRA and full fine-tuning: accuracy, weight memory and training memory, all-MiniLM-L6-v2 on
 Rotten Tomatoes sentiment (Dettmers et al. 2023; peft/qlora.py).
 
-    python experiments/qlora.py --profile quick   # 1000 examples, 1 epoch, 300 scored: about 2.5 minutes on the 2-core CPU machine (measured: see the report's wall time)
+    python experiments/qlora.py --profile quick   # 640 examples, 1 epoch, 300 scored: about 2 minutes on the 2-core CPU machine (measured: see the report's wall time)
     python experiments/qlora.py --profile full    # meant for a GPU (H100): all 8454 examples, 4 epochs, an lr grid, 3 seeds
 
 Variants, all with `finetune --pooling mean --batch-size 32`:
@@ -61,7 +61,7 @@ VARIANTS = {  # name -> (method, its options, other FinetuneConfig fields, learn
     "qlora_checkpointing": ("qlora", QLoRAConfig(**LORA, double_quant=True), {"gradient_checkpointing": True}, [5e-4, 1e-3, 2e-3]),
 }
 PROFILES = {  # "finetune": FinetuneConfig fields
-    "quick": {"lrs": slice(1, 2), "seeds": [0], "max_length": 64, "finetune": {"max_train_examples": 1000, "epochs": 1, "max_eval_examples": 300}},
+    "quick": {"lrs": slice(1, 2), "seeds": [0], "max_length": 64, "finetune": {"max_train_examples": 640, "epochs": 1, "max_eval_examples": 300}},
     "full": {"lrs": slice(0, 3), "seeds": [0, 1, 2], "max_length": 128, "finetune": {"epochs": 4}},
 }
 KEPT = ("trainable_parameters", "test_accuracy", "validation_accuracy", "train_seconds", "peak_memory_mb", "saved_bytes")
@@ -269,7 +269,7 @@ def render(r: dict) -> str:
         "",
     ]  # fmt: skip
     if r["profile"] == "quick":
-        lines += ["The quick profile is a smoke run of about 30 steps per variant: too short to compare accuracies. The full profile does. "
+        lines += ["The quick profile is a smoke run of 20 steps per variant: too short to compare accuracies. The full profile does. "
                   "On a shared CPU the train seconds say more about what else ran at the time than about the variant.", ""]  # fmt: skip
     else:
         lines += ["train s: the wall time of a run while the invocation's other runs (--workers) shared the GPU, comparable "

@@ -2,13 +2,17 @@
 after Rafailov et al. 2023, section 6.1, whose reward is a sentiment classifier's) and the scorer of SFT's rating
 agreement (sft_reviews.py).
 
-all-MiniLM-L6-v2 fine-tuned by recipes/finetune.py (BERT's recipe, Devlin et al. 2019, section 4.1: a linear head on
-the pooler, AdamW 5e-5, batch 32, linear warmup and decay, the best epoch on validation kept) on
+all-MiniLM-L6-v2 fine-tuned by recipes/finetune.py (BERT's recipe, Devlin et al. 2019, section 4.1: a linear head,
+AdamW, batch 32, linear warmup and decay, the best epoch on validation kept; but the head reads the mean of the
+token vectors, as the sentence encoder was trained to be read, not its untrained pooler) on
 `--data reviews-sentiment`: the clothing reviews' texts, 1–2 stars negative, 4–5 positive, 3 dropped (about 12%
 negative), in load_reviews' splits.
 
-    python experiments/review_reward.py --profile quick   # 500 train reviews, 1 epoch, 64 tokens: a smoke classifier
-    python experiments/review_reward.py --profile full    # all 15,840 train reviews, 3 epochs, 128 tokens
+    python experiments/review_reward.py --profile quick   # 1,000 train reviews, 1 epoch at lr 2e-4, 64 tokens: about 50 s on the 2-core CPU
+    python experiments/review_reward.py --profile full    # all 15,840 train reviews, 3 epochs at lr 5e-5, 128 tokens
+
+The quick classifier is small but not degenerate: with 12% negative reviews, 500 reviews on the pooler (the earlier
+quick profile) learned to call everything positive (macro-F1 0.47); 1,000 on the mean scored validation macro-F1 0.81.
 
 Trains into runs/review_sentiment_<profile>/ once (a folder holding metrics.json is loaded, not retrained), then
 prints its metrics as JSON. From another experiment:
@@ -34,8 +38,8 @@ from minitransformers.text.tokenizer import Tokenizer
 from common import RUNS
 
 PROFILES = {  # FinetuneConfig fields
-    "quick": {"max_train_examples": 500, "max_eval_examples": 200, "epochs": 1, "max_length": 64},
-    "full": {"epochs": 3, "max_length": 128},
+    "quick": {"max_train_examples": 1000, "max_eval_examples": 200, "epochs": 1, "max_length": 64, "lr": 2e-4, "pooling": "mean"},
+    "full": {"epochs": 3, "max_length": 128, "pooling": "mean"},
 }
 
 

@@ -25,6 +25,8 @@ EXPERIMENTS = [
     ["qlora.py", "--profile", PROFILE],
     ["quant_compare.py", "--profile", PROFILE],
     ["decoder_check.py", "--profile", PROFILE],
+    ["sft_reviews.py", "--profile", PROFILE],
+    ["dpo_sentiment.py", "--profile", PROFILE],
 ]
 
 argparse.ArgumentParser(description=__doc__).parse_args()  # no options; --help describes the run
