@@ -97,3 +97,5 @@ def add_training_args(
     p.add_argument("--device", default=default_device(), type=device, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast dtype on CUDA; CPU runs fp32 (default: fp32)")
     p.add_argument("--gradient-checkpointing", action="store_true", help=f"recompute each {layer} layer in the backward pass instead of keeping its activations: less memory, about one more forward")
+    p.add_argument("--fsdp", action="store_true", help=f"shard parameters, gradients and optimizer state over the processes (FSDP2, each {layer} layer a unit): "
+                   "launch with torchrun --nproc_per_node=N; checkpoints are sharded (checkpoint.json + checkpoint-STEP.dcp/)")

@@ -78,6 +78,7 @@ class DPOConfig:
     device: str = field(default_factory=default_device)
     precision: str = "fp32"
     gradient_checkpointing: bool = False
+    fsdp: bool = False  # shard over the processes instead of replicating (train/fsdp.py)
     resume: bool = False
     resume_anyway: bool = False
     method: str = "full"
@@ -135,7 +136,7 @@ def run(config: DPOConfig) -> dict:
     """Train the policy with DPO as `config` says; returns the final metrics (on the main process)."""
     if config.method not in METHODS:
         raise InputError(f"--method {config.method!r}: dpo trains with one of {', '.join(METHODS)}")
-    world = distributed.init(config.device)
+    world = distributed.init(config.device, config.fsdp)
     out = check_out(config.out, {"--model": config.model, "--data": config.data, "--eval-data": config.eval_data})
     checkpoint.seed_everything(config.seed)
     tokenizer = load_tokenizer(config.model)

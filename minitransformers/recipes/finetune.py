@@ -67,6 +67,7 @@ class FinetuneConfig:
     device: str = field(default_factory=default_device)
     precision: str = "fp32"
     gradient_checkpointing: bool = False
+    fsdp: bool = False  # shard over the processes instead of replicating (train/fsdp.py)
     resume: bool = False
     resume_anyway: bool = False  # resume even though options or inputs changed (the changes are listed)
     method: str = "full"
@@ -87,7 +88,7 @@ def options_dict(options) -> dict:
 
 def run(config: FinetuneConfig) -> dict:
     """Fine-tune as `config` says; returns the final metrics (on the main process)."""
-    world = distributed.init(config.device)
+    world = distributed.init(config.device, config.fsdp)
     out = check_out(config.out, {"--model": config.model, "--data": data_path(config.data)})
     checkpoint.seed_everything(config.seed)
     # names None: a file of integer labels, named LABEL_0, ... by the model; bad data is refused here, before any training

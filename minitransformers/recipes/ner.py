@@ -67,6 +67,7 @@ class NERConfig:
     device: str = field(default_factory=default_device)
     precision: str = "fp32"
     gradient_checkpointing: bool = False
+    fsdp: bool = False  # shard with FSDP2 (train/fsdp.py); under torchrun
     resume: bool = False
     resume_anyway: bool = False
     method: str = "full"
@@ -87,7 +88,7 @@ def run(config: NERConfig) -> dict:
     """Train and score as `config` says; returns the final metrics (on the main process)."""
     if config.method not in METHODS:
         raise InputError(f"ner --method {config.method!r}: use one of {', '.join(METHODS)}")
-    world = distributed.init(config.device)
+    world = distributed.init(config.device, config.fsdp)
     out = check_out(config.out, {"--model": config.model, "--data": data_file(config.data)})
     checkpoint.seed_everything(config.seed)
     labels, splits = ner_splits(config.data)  # bad data is refused here, before any training

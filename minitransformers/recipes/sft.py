@@ -72,6 +72,7 @@ class SFTConfig:
     device: str = field(default_factory=default_device)
     precision: str = "fp32"
     gradient_checkpointing: bool = False
+    fsdp: bool = False  # shard over the processes instead of replicating (train/fsdp.py)
     resume: bool = False
     resume_anyway: bool = False
 
@@ -85,7 +86,7 @@ def run(config: SFTConfig) -> dict:
     """Fine-tune as `config` says; returns the final metrics (on the main process)."""
     if config.method not in METHODS:
         raise InputError(f"--method {config.method!r}: sft takes {', '.join(METHODS)}")
-    world = distributed.init(config.device)
+    world = distributed.init(config.device, config.fsdp)
     out = check_out(config.out, {"--model": config.model, "--data": data_path(config.data)})
     checkpoint.seed_everything(config.seed)
     tokenizer = load_tokenizer(config.model)

@@ -5,9 +5,11 @@ LOCAL_RANK; `init()` reads them and joins the group, with NCCL on GPUs and gloo 
 (plain `python -m …`) gets a world of one and no process group, so the same code runs either way.
 
 `wrap(model)` is the one place that decides how the model is replicated. DDP keeps a full copy per device;
-a model too big for one device would be wrapped with FSDP (`torch.distributed.fsdp.fully_shard`) here
-instead, sharding parameters, gradients and optimizer state, with nothing else in the trainer changing
-except how a full state dict is gathered for saving (`unwrap`).
+with `fsdp=True` (`--fsdp`) the model is sharded instead (fsdp.py: `fully_shard`, parameters, gradients and
+optimizer state split over the processes), and the trainer gathers a full state dict to save the best model
+(fsdp.full_model) and writes sharded checkpoints (sharded_checkpoint.py). `init(device, fsdp=True)` joins a
+process group even in a world of one, since fully_shard needs a device mesh: a sharded run can then be resumed by
+a single process.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+
+from .fsdp import shard
 
 
 @dataclass(frozen=True)
@@ -32,21 +36,28 @@ class World:
         return self.rank == 0
 
 
-def init(device: str) -> World:
-    """Join the process group that torchrun describes in the environment, or return a world of one."""
+def init(device: str, fsdp: bool = False) -> World:
+    """Join the process group that torchrun describes in the environment, or return a world of one (with a
+    process group of one, in memory, when `fsdp`)."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size == 1:
+    if size == 1 and not fsdp:
         return World(device=torch.device(device))
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     on_gpu = torch.device(device).type == "cuda"
     if on_gpu:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if on_gpu else "gloo")
+        backend = "nccl" if on_gpu else "gloo"
+        if "MASTER_ADDR" in os.environ:
+            dist.init_process_group(backend=backend)
+        else:  # a plain `python -m …` with --fsdp: a group of one needs no rendezvous
+            dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
     return World(rank, size, torch.device("cuda", local_rank) if on_gpu else torch.device("cpu"))
 
 
-def wrap(model: nn.Module, world: World) -> nn.Module:
+def wrap(model: nn.Module, world: World, fsdp: bool = False, precision: str = "fp32") -> nn.Module:
+    if fsdp:
+        return shard(model, world.device, world.size, precision)
     if world.size == 1:
         return model
     return DistributedDataParallel(model, device_ids=[world.device.index] if world.device.type == "cuda" else None)
@@ -68,5 +79,5 @@ def barrier(world: World) -> None:
 
 
 def shutdown(world: World) -> None:
-    if world.size > 1 and dist.is_initialized():
+    if dist.is_initialized():
         dist.destroy_process_group()

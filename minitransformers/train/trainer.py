@@ -15,6 +15,12 @@ for --resume) and the best model so far (`save`; by default an HF folder, `save_
 `manifest.json` with its sha256 and the run's identity (io/manifest.py), so a kill -9 at any moment leaves a run
 that resumes exactly, and a checkpoint damaged afterwards is refused instead of trained from. With `out=None` the trainer writes no file: the log rows are in `trainer.history` (as
 they always are), each new best model goes to the `save` callback only, and `fit(resume=True)` is refused.
+
+With `fsdp=True` (`--fsdp`, fsdp.py) the model is sharded over the processes instead of replicated: every rank
+takes part in evaluation (a sharded forward gathers parameters from all of them) and in gathering the best model,
+which rank 0 saves as usual; the resume checkpoint is sharded (sharded_checkpoint.py: `checkpoint.json` naming a
+`checkpoint-STEP.dcp` folder instead of `checkpoint.pt`); each micro-batch's gradients are reduce-scattered as
+they come (so no full gradient is ever held), and the clipping norm is the global one (fsdp.clip_grad_norm_).
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from tqdm.auto import tqdm
 from ..errors import Error, InputError
 from ..io import manifest
 from ..text.collate import BatchSampler
-from . import checkpoint
+from . import checkpoint, fsdp, sharded_checkpoint
 from .distributed import World, all_reduce_sum, barrier, unwrap, wrap
 from .optim import adamw, schedule
 
@@ -68,6 +74,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (the last two on CUDA)
     seed: int = 0
     bucket: bool = True
+    fsdp: bool = False  # shard parameters, gradients and optimizer state over the processes (fsdp.py)
 
 
 class Trainer:
@@ -98,7 +105,8 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise InputError(f"{len(train_set)} training examples make no full step of {config.grad_accum} × {config.batch_size}")
         self.total = config.max_steps or config.epochs * self.steps_per_epoch
-        self.ddp = wrap(self.model, world)
+        self.template = fsdp.meta_copy(self.model) if config.fsdp else None  # the plain model that full_model fills
+        self.ddp = wrap(self.model, world, config.fsdp, config.precision)
         self.optimizer = adamw(self.model, config.lr, config.weight_decay, fused=world.device.type == "cuda")
         self.scheduler = schedule(self.optimizer, int(config.warmup * self.total), self.total, config.schedule)
         self.scaler = torch.amp.GradScaler(world.device.type, enabled=config.precision == "fp16")
@@ -125,13 +133,14 @@ class Trainer:
         n_step = all_reduce_sum(torch.tensor(float(sum(self.task.count(m) for m in micro)), device=w.device), w)
         total = torch.zeros((), device=w.device)
         for k, batch in enumerate(micro):
-            sync = k == len(micro) - 1 or w.size == 1  # DDP all-reduces gradients on the last micro-batch only
+            sync = k == len(micro) - 1 or w.size == 1 or self.config.fsdp  # DDP all-reduces on the last micro-batch only; FSDP reduce-scatters each
             with (contextlib.nullcontext() if sync else self.ddp.no_sync()), self.autocast():
                 loss_sum = self.task.loss_sum(self.ddp, batch)
             self.scaler.scale(loss_sum * w.size / n_step).backward()
             total += loss_sum.detach()
         self.scaler.unscale_(self.optimizer)
-        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+        clip = fsdp.clip_grad_norm_ if self.config.fsdp else nn.utils.clip_grad_norm_
+        grad_norm = clip(self.model.parameters(), self.config.max_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -166,17 +175,22 @@ class Trainer:
 
     def evaluate_and_save(self, busy: float) -> int:
         """Evaluate on the validation set, keep the best model, and write the resume checkpoint (rank 0).
-        `busy`: training seconds of this process so far, added to the checkpoint's total. -> the step."""
-        if self.world.is_main:
+        `busy`: training seconds of this process so far, added to the checkpoint's total. -> the step.
+        Under fsdp every rank evaluates (the same examples, so the same metrics and decisions) and saves."""
+        if self.world.is_main or self.config.fsdp:
             metrics = self.evaluate(self.eval_set, desc="validation")
             self.log({"step": self.state["step"], "epoch": self.state["epoch"], **{f"validation_{k}": v for k, v in metrics.items()}})
             if self.is_better(metrics[self.config.metric]):
                 self.state["best"] = metrics[self.config.metric]
-                if self.out is None and self.save is not None:
-                    self.save(unwrap(self.ddp), None)
-                elif self.save is not None:
-                    self.save_best(unwrap(self.ddp))
-            if self.out is not None:
+                best = fsdp.full_model(self.ddp, self.template, self.world.is_main) if self.config.fsdp else unwrap(self.ddp)
+                if self.out is None and self.save is not None and self.world.is_main:
+                    self.save(best, None)
+                elif self.save is not None and self.world.is_main:
+                    self.save_best(best)
+            if self.out is not None and self.config.fsdp:
+                trainer_state = {k: v for k, v in self.checkpoint(busy, model=False).items() if k != "rng"}
+                sharded_checkpoint.save(self.out, self.state["step"], self.ddp, self.optimizer, trainer_state, self.world)
+            elif self.out is not None:
                 checkpoint.save_atomic(self.checkpoint(busy), self.out / "checkpoint.pt")
         barrier(self.world)
         return self.state["step"]
@@ -187,10 +201,15 @@ class Trainer:
         with manifest.publish(self.out, derived_from=self.identity, need=need) as stage:
             self.save(model, stage)
 
-    def checkpoint(self, busy: float) -> dict:
+    @property
+    def checkpoint_name(self) -> str:
+        """The file that resume reads first: checkpoint.pt, or under fsdp checkpoint.json (naming the sharded folder)."""
+        return sharded_checkpoint.POINTER if self.config.fsdp else "checkpoint.pt"
+
+    def checkpoint(self, busy: float, model: bool = True) -> dict:
+        """Everything resume reads; model=False: without the model and optimizer (a sharded checkpoint's DCP part)."""
         return {
-            "model": unwrap(self.ddp).state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            **({"model": unwrap(self.ddp).state_dict(), "optimizer": self.optimizer.state_dict()} if model else {}),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "state": {**self.state, "train_seconds": self.state["train_seconds"] + busy},
@@ -210,10 +229,14 @@ class Trainer:
         if changed and anyway:
             print(f"resuming anyway, with changed options: {', '.join(changed)}", file=sys.stderr)
         elif changed:
-            raise InputError(f"{self.out / 'checkpoint.pt'} was written by a run with other options: {', '.join(changed)}; "
+            raise InputError(f"{self.out / self.checkpoint_name} was written by a run with other options: {', '.join(changed)}; "
                              "rerun with the same options, start a new --out, or pass --resume-anyway")  # fmt: skip
 
     def resume(self, anyway: bool = False) -> None:
+        if self.config.fsdp:
+            return self.resume_sharded(anyway)
+        if not (self.out / "checkpoint.pt").is_file() and (self.out / sharded_checkpoint.POINTER).is_file():
+            raise InputError(f"{self.out}: holds a sharded checkpoint ({sharded_checkpoint.POINTER}), written with --fsdp: resume with --fsdp")
         if not (self.out / "checkpoint.pt").is_file():
             raise InputError(f"{self.out}: no checkpoint.pt to resume from (a run writes it at its first evaluation); "
                              "start the run again, with --overwrite if the folder holds its log")  # fmt: skip
@@ -230,6 +253,24 @@ class Trainer:
             raise InputError(f"{self.out / 'checkpoint.pt'}: does not fit this run ({type(err).__name__}: {' '.join(str(err).split())[:300]})") from None
         if set(ckpt["state"]) != set(self.state) or not all(isinstance(ckpt["state"][k], int) for k in ("step", "epoch", "position")):
             raise InputError(f"{self.out / 'checkpoint.pt'}: its state {ckpt['state']!r} is not a trainer's ({', '.join(self.state)})")
+        self.state = ckpt["state"]
+        if self.world.is_main and (self.out / "metrics.jsonl").is_file():
+            self.truncate_log(self.out / "metrics.jsonl")
+
+    def resume_sharded(self, anyway: bool) -> None:
+        """resume, from the sharded checkpoint that checkpoint.json names (sharded_checkpoint.py), on every rank."""
+        folder = sharded_checkpoint.published(self.out)
+        if folder is None:
+            kind = "checkpoint.pt (written without --fsdp: resume without --fsdp)" if (self.out / "checkpoint.pt").is_file() else "no checkpoint"
+            raise InputError(f"{self.out}: no {sharded_checkpoint.POINTER} to resume from under --fsdp, {kind}; start the run again, with --overwrite if the folder holds its log")
+        ckpt = sharded_checkpoint.read_trainer_state(folder)
+        self.check_same_run(ckpt, anyway)
+        try:
+            sharded_checkpoint.load(folder, self.ddp, self.optimizer, self.world)
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            self.scaler.load_state_dict(ckpt["scaler"])
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as err:
+            raise InputError(f"{folder}: does not fit this run ({type(err).__name__}: {' '.join(str(err).split())[:300]})") from None
         self.state = ckpt["state"]
         if self.world.is_main and (self.out / "metrics.jsonl").is_file():
             self.truncate_log(self.out / "metrics.jsonl")
@@ -261,6 +302,8 @@ class Trainer:
         if self.out is not None and self.world.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             manifest.remove_leftovers(self.out)  # what a killed save left behind
+            sharded_checkpoint.remove_unpublished(self.out)
+        barrier(self.world)
         if resume:
             self.resume(anyway)
         elif self.world.is_main and self.out is not None:
@@ -277,7 +320,7 @@ class Trainer:
                 loss, grad_norm, my_tokens = self.train_step(group)
                 busy += time.perf_counter() - t0
                 if not math.isfinite(loss):
-                    kept = "No checkpoint was written (out=None)" if self.out is None else f"The last good checkpoint is {self.out / 'checkpoint.pt'} (step {evaluated_at or 0})"
+                    kept = "No checkpoint was written (out=None)" if self.out is None else f"The last good checkpoint is {self.out / self.checkpoint_name} (step {evaluated_at or 0})"
                     raise TrainingDiverged(f"loss is {loss} at step {s['step'] + 1}; stopped. {kept}. Lower --lr, or use --precision fp32 or bf16.")
                 s["step"], s["position"] = s["step"] + 1, s["position"] + cfg.grad_accum
                 examples, tokens = examples + sum(len(b) for b in group), tokens + my_tokens * self.world.size
