@@ -183,6 +183,31 @@ def cmd_pretrain(args) -> None:
         print(json.dumps(metrics))
 
 
+def cmd_consolidate(args) -> None:
+    from .train.consolidate import consolidate
+
+    print(consolidate(args.folder, args.out))
+
+
+def cmd_qa(args) -> None:
+    from .model import QuestionAnswering
+    from .text.qa import answer
+    from .text.tokenizer import Tokenizer
+
+    context = args.context
+    if context is None:
+        try:
+            context = open(args.context_file, encoding="utf-8").read()
+        except UnicodeDecodeError as err:
+            raise InputError(f"{args.context_file}: is not UTF-8 text ({err}); save the context as UTF-8") from None
+    model = QuestionAnswering.from_pretrained(args.model)
+    max_length = max_length_for(args.max_length, model.encoder.config.max_position_embeddings, default=384)
+    model = model.to(args.device).eval()
+    answers = answer(model, Tokenizer.from_pretrained(args.model), args.question, context, top_k=args.top_k, max_length=max_length, stride=args.stride, handle_impossible_answer=args.allow_no_answer)
+    for a in answers:
+        print(json.dumps(a) if args.json else f"{a['score']:.4f}\t{a['start']}-{a['end']}\t{a['answer']}")
+
+
 def cmd_fill_mask(args) -> None:
     from .model import MaskedLM
     from .text.tokenizer import Tokenizer
@@ -314,6 +339,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per text")
     p.add_argument("texts", nargs="*", metavar="TEXT")
     p.set_defaults(run=cmd_fill_mask)
+
+    p = sub.add_parser("qa", help="answer a question with a span of a context", description="Extractive question answering: the context is cut into windows of --max-length tokens with --stride shared, and the top-k spans (at most 15 tokens, whole words) are printed with their scores and character offsets, as transformers 4's question-answering pipeline did.")
+    p.add_argument("--model", required=True, help="an HF BertForQuestionAnswering folder with its tokenizer")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--context", help="the text to find the answer in")
+    source.add_argument("--context-file", help="a UTF-8 file holding the context")
+    p.add_argument("--device", default=default_device(), type=device, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--top-k", type=positive_int, default=1, help="answers to print (default: 1)")
+    p.add_argument("--max-length", type=positive_int, help="tokens per window (default: 384, or the model's positions if fewer)")
+    p.add_argument("--stride", type=count, help="context tokens shared by consecutive windows (default: half of --max-length, at most 128)")
+    p.add_argument("--allow-no-answer", action="store_true", help="let the empty answer (score of [CLS]) compete, as for SQuAD 2.0")
+    p.add_argument("--json", action="store_true", help="one JSON object per answer")
+    p.add_argument("question")
+    p.set_defaults(run=cmd_qa)
+
+    p = sub.add_parser("consolidate", help="turn a --fsdp run's sharded checkpoint into a plain model folder", description="Read the sharded checkpoint (checkpoint.json, checkpoint-STEP.dcp/) of a --fsdp finetune, sft or dpo run in one process and write its latest step into --out as the kind of folder the run saves its best model as (an HF folder, or adapter.json + adapter.safetensors over the same base), with the run's tokenizer.")
+    p.add_argument("folder", help="the --out folder of a --fsdp run")
+    p.add_argument("--out", required=True, help="the folder to write")
+    p.set_defaults(run=cmd_consolidate)
     add_lm_parsers(sub)
     for command in sub.choices.values():
         command.add_argument("--debug", action="store_true", help="on an error, show the Python traceback instead of the one-line message")

@@ -10,6 +10,10 @@ It is the STS benchmark's metric (Cer et al. 2017, section 4; Reimers & Gurevych
 
 from __future__ import annotations
 
+import re
+import string
+from collections import Counter
+
 import numpy as np
 
 from .errors import InputError
@@ -120,3 +124,41 @@ def entity_scores(gold: list[list[str]], predicted: list[list[str]]) -> dict:
         t, f = {e for e in true if e[0] == type_}, {e for e in found if e[0] == type_}
         per_type[type_] = prf(len(t & f), len(f), len(t))
     return {"overall": prf(len(true & found), len(found), len(true)), "per_type": per_type}
+
+
+# --- SQuAD: exact match and token F1 of extracted answers -----------------------------------------------------------
+# Rajpurkar et al. 2016, section 6.1, and the official evaluation script (evaluate-v2.0.py; on non-empty answers it
+# agrees with v1.1's): both strings normalised (lowercase, ASCII punctuation removed, the articles a / an / the removed,
+# whitespace collapsed), then EM = 1 if equal, and F1 the harmonic mean of precision and recall of the bag of tokens
+# the two share; each prediction takes its best score over its gold answers, reported as percentages. As in v2.0, an
+# empty gold or predicted answer (SQuAD 2.0's "no answer") scores 1 only against another empty one.
+
+
+def squad_normalize(text: str) -> str:
+    """SQuAD's answer normalisation: lowercase, drop punctuation, drop the articles a, an, the; collapse whitespace."""
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text, flags=re.UNICODE)
+    return " ".join(text.split())
+
+
+def squad_f1(prediction: str, gold: str) -> float:
+    """Token F1 of one prediction against one gold answer, both normalised."""
+    predicted, true = squad_normalize(prediction).split(), squad_normalize(gold).split()
+    if not predicted or not true:
+        return float(predicted == true)
+    same = sum((Counter(predicted) & Counter(true)).values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(predicted), same / len(true)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_scores(predictions: list[str], golds: list[list[str]]) -> dict[str, float]:
+    """{"exact_match", "f1"} in percent, each prediction scored against the best of its gold answers."""
+    if len(predictions) != len(golds) or not predictions:
+        raise InputError(f"squad_scores needs one list of gold answers per prediction; got {len(predictions)} predictions for {len(golds)} gold lists")
+    if any(not answers for answers in golds):
+        raise InputError("every prediction needs at least one gold answer (give [\"\"] for a question with no answer)")
+    em = [max(float(squad_normalize(p) == squad_normalize(g)) for g in answers) for p, answers in zip(predictions, golds)]
+    f1 = [max(squad_f1(p, g) for g in answers) for p, answers in zip(predictions, golds)]
+    return {"exact_match": 100 * sum(em) / len(em), "f1": 100 * sum(f1) / len(f1)}
