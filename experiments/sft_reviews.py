@@ -2,7 +2,7 @@
 (InstructGPT's SFT, Ouyang et al. 2022, section 3.5; recipes/sft.py), the task "Write a N-star review of a <class> item
 titled <title>." -> the review (text/sft.py `review_conversation`), the loss on the review's tokens only.
 
-    python experiments/sft_reviews.py --profile quick   # CPU smoke run: 8 train reviews packed, 2 steps per method, 8 scored (8 to 15 min on the 2-core CPU, as busy)
+    python experiments/sft_reviews.py --profile quick   # CPU smoke run: 8 train reviews packed, 2 steps per method, 8 scored: about 2.5 min on the quiet 2-core CPU (the quick review classifier's 50 s included, the first time)
     python experiments/sft_reviews.py --profile full    # meant for a GPU: all 18,092 train reviews packed into 512-token rows, 1 epoch, 1,000 scored
 
 Methods, all with packing and the same data: full (every weight, lr 2e-5, TRL's default), lora (r 16, α 32 on every
