@@ -99,3 +99,5 @@ def add_training_args(
     p.add_argument("--gradient-checkpointing", action="store_true", help=f"recompute each {layer} layer in the backward pass instead of keeping its activations: less memory, about one more forward")
     p.add_argument("--fsdp", action="store_true", help=f"shard parameters, gradients and optimizer state over the processes (FSDP2, each {layer} layer a unit): "
                    "launch with torchrun --nproc_per_node=N; checkpoints are sharded (checkpoint.json + checkpoint-STEP.dcp/)")
+    p.add_argument("--fsdp-offload", action="store_true", help="with --fsdp: keep the parameter, gradient and optimizer shards in CPU memory, copied to the GPU layer by layer "
+                   "for compute, and step AdamW on the CPU (FSDP2's CPUOffloadPolicy): far less GPU memory, slower steps")

@@ -117,6 +117,38 @@ def test_a_damaged_sharded_checkpoint_or_a_resume_without_fsdp_is_refused(tiny, 
             dist.destroy_process_group()
 
 
+def test_offloaded_shards_train_as_shards_on_the_device_do_and_offload_needs_fsdp(tiny, tmp_path):
+    """--fsdp-offload moves where the shards live, not the arithmetic: a one-process run gives the --fsdp run's losses
+    and weights (on a CPU the shards are in CPU memory either way; tests marked gpu check the placement on CUDA)."""
+    try:
+        finetune.run(finetune_config(tiny, tmp_path / "device", max_steps=6, fsdp=True))
+        finetune.run(finetune_config(tiny, tmp_path / "offload", max_steps=6, fsdp=True, fsdp_offload=True))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    assert log_column(tmp_path / "offload", "loss") == log_column(tmp_path / "device", "loss")
+    assert max_difference(model_state(tmp_path / "offload"), model_state(tmp_path / "device")) == 0
+    with pytest.raises(InputError, match="--fsdp-offload offloads FSDP's shards: add --fsdp"):
+        finetune.run(finetune_config(tiny, tmp_path / "plain", max_steps=2, fsdp_offload=True))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_offloaded_shards_live_in_cpu_memory_while_the_model_computes_on_cuda():
+    from minitransformers.config import EncoderConfig
+    from minitransformers.train import fsdp
+
+    dist.init_process_group("nccl", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        model = Encoder(EncoderConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=16)).cuda()
+        fsdp.shard(model, torch.device("cuda"), 1, "fp32", offload=True)
+        assert all(p.to_local().device.type == "cpu" for p in model.parameters())
+        hidden = model(torch.randint(0, 64, (2, 8), device="cuda"))  # (2, 8, 32), computed on the GPU
+        assert hidden.device.type == "cuda" and torch.isfinite(hidden).all()
+    finally:
+        dist.destroy_process_group()
+
+
 def test_qlora_under_fsdp_is_refused_saying_why(tiny, tmp_path):
     try:
         with pytest.raises(InputError, match=r"--fsdp does not shard quantized layers .*NF4.*use --method lora"):

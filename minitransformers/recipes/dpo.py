@@ -79,6 +79,7 @@ class DPOConfig:
     precision: str = "fp32"
     gradient_checkpointing: bool = False
     fsdp: bool = False  # shard over the processes instead of replicating (train/fsdp.py)
+    fsdp_offload: bool = False  # with fsdp: the shards in CPU memory (train/fsdp.py)
     resume: bool = False
     resume_anyway: bool = False
     method: str = "full"

@@ -68,6 +68,7 @@ class FinetuneConfig:
     precision: str = "fp32"
     gradient_checkpointing: bool = False
     fsdp: bool = False  # shard over the processes instead of replicating (train/fsdp.py)
+    fsdp_offload: bool = False  # with fsdp: the shards in CPU memory (train/fsdp.py)
     resume: bool = False
     resume_anyway: bool = False  # resume even though options or inputs changed (the changes are listed)
     method: str = "full"

@@ -68,6 +68,7 @@ class NERConfig:
     precision: str = "fp32"
     gradient_checkpointing: bool = False
     fsdp: bool = False  # shard with FSDP2 (train/fsdp.py); under torchrun
+    fsdp_offload: bool = False  # with fsdp: the shards in CPU memory (train/fsdp.py)
     resume: bool = False
     resume_anyway: bool = False
     method: str = "full"

@@ -55,9 +55,9 @@ def init(device: str, fsdp: bool = False) -> World:
     return World(rank, size, torch.device("cuda", local_rank) if on_gpu else torch.device("cpu"))
 
 
-def wrap(model: nn.Module, world: World, fsdp: bool = False, precision: str = "fp32") -> nn.Module:
+def wrap(model: nn.Module, world: World, fsdp: bool = False, precision: str = "fp32", offload: bool = False) -> nn.Module:
     if fsdp:
-        return shard(model, world.device, world.size, precision)
+        return shard(model, world.device, world.size, precision, offload)
     if world.size == 1:
         return model
     return DistributedDataParallel(model, device_ids=[world.device.index] if world.device.type == "cuda" else None)

@@ -18,6 +18,9 @@ values, kept as buffers, which fully_shard does not shard (a dim-0 slice of pack
 weight the codebook describes), so every rank would hold the whole quantized base: not what --fsdp promises, and not
 tested against a single process.
 
+With --fsdp-offload the shards live in CPU memory (`CPUOffloadPolicy`): each layer's are copied to the GPU for its
+compute, gradients come back to the CPU, and AdamW steps there; the GPU then holds about one layer's weights.
+
 On CUDA with --precision bf16, a `MixedPrecisionPolicy` gathers bf16 copies of the fp32 shards for compute and
 reduce-scatters gradients in fp32, the policy torchtitan uses.
 
@@ -35,7 +38,7 @@ import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from ..errors import InputError
@@ -55,16 +58,19 @@ def check(model: nn.Module) -> None:
                          "use --method lora (a float base) with --fsdp, or drop --fsdp")  # fmt: skip
 
 
-def shard(model: nn.Module, device: torch.device, world_size: int, precision: str) -> nn.Module:
-    """fully_shard each transformer layer, then the root, on a 1-D mesh over all processes; the model in place."""
+def shard(model: nn.Module, device: torch.device, world_size: int, precision: str, offload: bool = False) -> nn.Module:
+    """fully_shard each transformer layer, then the root, on a 1-D mesh over all processes; the model in place.
+    offload: the shards (parameters, gradients, so AdamW's state too) stay in CPU memory, each layer's copied to the
+    device for its forward and backward (CPUOffloadPolicy; pinned memory on CUDA); on a CPU run it changes nothing."""
     check(model)
     mesh = init_device_mesh(device.type, (world_size,))
     bf16 = device.type == "cuda" and precision == "bf16"
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    options = {"mesh": mesh, "mp_policy": policy, "offload_policy": CPUOffloadPolicy(pin_memory=device.type == "cuda") if offload else OffloadPolicy()}
     for module in model.modules():
         if isinstance(module, LAYERS):
-            fully_shard(module, mesh=mesh, mp_policy=policy)
-    return fully_shard(model, mesh=mesh, mp_policy=policy)
+            fully_shard(module, **options)
+    return fully_shard(model, **options)
 
 
 def meta_copy(model: nn.Module) -> nn.Module:

@@ -51,9 +51,10 @@ class TrainingDiverged(Error, RuntimeError):
     """The loss became NaN or inf; the message says which checkpoint is the last good one."""
 
 
-# TrainConfig fields that a resumed run may change: the run folder is where the checkpoint is found, and the
-# evaluation batch size only groups the validation examples; neither changes a training step.
-RESUME_IGNORES = {"out", "eval_batch_size"}
+# TrainConfig fields that a resumed run may change: the run folder is where the checkpoint is found, the
+# evaluation batch size only groups the validation examples, and offloading moves the shards, not the arithmetic;
+# none changes a training step.
+RESUME_IGNORES = {"out", "eval_batch_size", "fsdp_offload"}
 
 
 @dataclass
@@ -75,6 +76,7 @@ class TrainConfig:
     seed: int = 0
     bucket: bool = True
     fsdp: bool = False  # shard parameters, gradients and optimizer state over the processes (fsdp.py)
+    fsdp_offload: bool = False  # with fsdp: keep the shards in CPU memory, AdamW stepping there (fsdp.py)
 
 
 class Trainer:
@@ -91,6 +93,8 @@ class Trainer:
         or TrainConfig differs (see RESUME_IGNORES). length: an item's length in tokens, to evaluate in batches of
         similar lengths, each padded only to its own longest (every task's scores are sums over examples, so the
         order changes none of them); None: in the order given."""
+        if config.fsdp_offload and not config.fsdp:
+            raise InputError("--fsdp-offload offloads FSDP's shards: add --fsdp, or drop --fsdp-offload")
         if config.precision != "fp32" and world.device.type != "cuda":
             raise InputError(f"precision {config.precision!r} needs CUDA; on {world.device.type} use fp32")
         self.model, self.task, self.config, self.world = model.to(world.device), task, config, world
@@ -106,8 +110,8 @@ class Trainer:
             raise InputError(f"{len(train_set)} training examples make no full step of {config.grad_accum} × {config.batch_size}")
         self.total = config.max_steps or config.epochs * self.steps_per_epoch
         self.template = fsdp.meta_copy(self.model) if config.fsdp else None  # the plain model that full_model fills
-        self.ddp = wrap(self.model, world, config.fsdp, config.precision)
-        self.optimizer = adamw(self.model, config.lr, config.weight_decay, fused=world.device.type == "cuda")
+        self.ddp = wrap(self.model, world, config.fsdp, config.precision, config.fsdp_offload)
+        self.optimizer = adamw(self.model, config.lr, config.weight_decay, fused=world.device.type == "cuda" and not config.fsdp_offload)  # offloaded: CPU shards
         self.scheduler = schedule(self.optimizer, int(config.warmup * self.total), self.total, config.schedule)
         self.scaler = torch.amp.GradScaler(world.device.type, enabled=config.precision == "fp16")
         self.state = {"step": 0, "epoch": 0, "position": 0, "best": None, "train_seconds": 0.0}
