@@ -3,7 +3,6 @@
 import random
 
 import pytest
-import torch
 
 from minitransformers.text.collate import BatchSampler, Encoded, collate, pack_sequences
 

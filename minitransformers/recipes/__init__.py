@@ -14,7 +14,7 @@
 `cli.py` maps parsed arguments to these configs; experiments build the configs themselves.
 """
 
-from dataclasses import fields
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -24,6 +24,27 @@ from ..errors import InputError
 def default_device() -> str:
     """cuda if available, else cpu: every recipe's default device."""
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass(kw_only=True)
+class TrainingRun:
+    """The options that every training recipe's config (finetune, sft, dpo, ner) shares at the same defaults: where
+    it runs, how it shards, steps beyond the schedule and resumes; the trainer reads them as TrainConfig's fields.
+    Keyword-only, so that each recipe's own fields (the model, the data and the run folder first) come before them;
+    the ones whose defaults differ by recipe (epochs, lr, batch size, warmup, schedule, weight decay) are the recipe's."""
+
+    max_steps: int = 0  # 0: the epochs decide
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0
+    eval_every: int = 0  # 0: at each epoch end
+    seed: int = 0
+    device: str = field(default_factory=default_device)
+    precision: str = "fp32"
+    gradient_checkpointing: bool = False
+    fsdp: bool = False  # shard over the processes instead of replicating (train/fsdp.py)
+    fsdp_offload: bool = False  # with fsdp: the shards in CPU memory (train/fsdp.py)
+    resume: bool = False
+    resume_anyway: bool = False  # resume even though options or inputs changed (the changes are listed)
 
 
 def config_from(cls, args, **converted):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from ..text.preference import PreferencePair, collate_pairs, load_pairs, read_pa
 from ..train import checkpoint, distributed
 from ..train.dpo import DPO, frozen_copy, precompute_reference_logps
 from ..train.trainer import TrainConfig, Trainer
-from . import default_device, max_length_for
+from . import TrainingRun, max_length_for
 from .finetune import options_dict, peak_memory_mb
 from .generate import chat_template, load_tokenizer
 from .outputs import check_out, identity, write_json
@@ -52,7 +52,7 @@ METHODS = ("full", "lora", "qlora")
 
 
 @dataclass
-class DPOConfig:
+class DPOConfig(TrainingRun):
     """`dpo`'s options: a field per flag, at the flag's default; the method's flags make `method_options`."""
 
     model: str  # the starting policy, and the reference: a GGUF file or folder, an HF Llama folder (an sft/dpo run)
@@ -64,24 +64,12 @@ class DPOConfig:
     template: str | None = None  # a chat template name instead of the model's own
     max_length: int | None = None  # None: 1024 (TRL's), or the model's positions if fewer
     epochs: int = 1
-    max_steps: int = 0
     lr: float = 1e-6
     batch_size: int = 8  # pairs a step, over all processes
-    grad_accum: int = 1
     warmup: float = 0.1
     schedule: str = "linear"
     weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    eval_every: int = 0
     eval_batch_size: int = 16
-    seed: int = 0
-    device: str = field(default_factory=default_device)
-    precision: str = "fp32"
-    gradient_checkpointing: bool = False
-    fsdp: bool = False  # shard over the processes instead of replicating (train/fsdp.py)
-    fsdp_offload: bool = False  # with fsdp: the shards in CPU memory (train/fsdp.py)
-    resume: bool = False
-    resume_anyway: bool = False
     method: str = "full"
     method_options: Any = None  # LoRAConfig / QLoRAConfig, or None for the method's defaults
 

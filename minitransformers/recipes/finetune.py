@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import resource
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +33,12 @@ from ..text.tokenizer import Tokenizer
 from ..train import checkpoint, distributed
 from ..train.tasks import Classification
 from ..train.trainer import TrainConfig, Trainer
-from . import default_device, max_length_for
+from . import TrainingRun, max_length_for
 from .outputs import check_out, data_path, identity, write_json
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(TrainingRun):
     """`finetune`'s options: a field per flag, at the flag's default, but for --json (printing is the CLI's);
     `bucket` is --no-bucket negated, and the method's flags (--lora-r, ...) make `method_options`."""
 
@@ -47,30 +47,18 @@ class FinetuneConfig:
     out: str  # the run folder
     labels: list[str] | None = None  # names of label ids 0, 1, ...; None: the data's own (datasets.label_names)
     epochs: int = 3
-    max_steps: int = 0  # 0: the epochs decide
     lr: float = 5e-5
     batch_size: int = 32  # global: examples per micro-step over all processes
-    grad_accum: int = 1
     max_length: int | None = None  # None: 128, or the model's positions if fewer
     max_train_examples: int = 0  # 0: all
     max_eval_examples: int = 0  # score only the first N validation and test examples; 0: all
     warmup: float = 0.1
     schedule: str = "linear"
     weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    eval_every: int = 0  # 0: at each epoch end
     metric: str = "accuracy"
     pooling: str = "pooler"
     unpad: bool = False
     bucket: bool = True
-    seed: int = 0
-    device: str = field(default_factory=default_device)
-    precision: str = "fp32"
-    gradient_checkpointing: bool = False
-    fsdp: bool = False  # shard over the processes instead of replicating (train/fsdp.py)
-    fsdp_offload: bool = False  # with fsdp: the shards in CPU memory (train/fsdp.py)
-    resume: bool = False
-    resume_anyway: bool = False  # resume even though options or inputs changed (the changes are listed)
     method: str = "full"
     method_options: Any = None  # the method's dataclass (peft.methods.METHOD_CONFIGS), or None for its defaults
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from ..text.tokenizer import Tokenizer
 from ..train import checkpoint, distributed
 from ..train.tasks import TokenClassification
 from ..train.trainer import TrainConfig, Trainer
-from . import default_device, max_length_for
+from . import TrainingRun, max_length_for
 from .finetune import options_dict, peak_memory_mb
 from .outputs import check_out, write_json
 
@@ -42,7 +42,7 @@ METHODS = ("full", "lora")
 
 
 @dataclass
-class NERConfig:
+class NERConfig(TrainingRun):
     """`ner`'s options: a field per flag, at the flag's default, but for --json (printing is the CLI's); the LoRA
     flags (--lora-r, ...) make `method_options`."""
 
@@ -50,27 +50,15 @@ class NERConfig:
     data: str  # 'wnut16' or a BIO file
     out: str  # the run folder
     epochs: int = 3
-    max_steps: int = 0  # 0: the epochs decide
     lr: float = 5e-5
     batch_size: int = 32  # global: sentences per micro-step over all processes
-    grad_accum: int = 1
     max_length: int | None = None  # None: 128, or the model's positions if fewer
     max_train_examples: int = 0  # 0: all
     max_eval_examples: int = 0  # score only the first N validation and test sentences; 0: all
     warmup: float = 0.1
     schedule: str = "linear"
     weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    eval_every: int = 0  # 0: at each epoch end
     metric: str = "f1"
-    seed: int = 0
-    device: str = field(default_factory=default_device)
-    precision: str = "fp32"
-    gradient_checkpointing: bool = False
-    fsdp: bool = False  # shard with FSDP2 (train/fsdp.py); under torchrun
-    fsdp_offload: bool = False  # with fsdp: the shards in CPU memory (train/fsdp.py)
-    resume: bool = False
-    resume_anyway: bool = False
     method: str = "full"
     method_options: Any = None  # LoRAConfig for lora, or None for its defaults
 

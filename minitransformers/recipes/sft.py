@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -34,7 +34,7 @@ from ..text.sft import collate, pack, sft_splits, tokenize_all
 from ..train import checkpoint, distributed
 from ..train.tasks import SupervisedFineTuning
 from ..train.trainer import TrainConfig, Trainer
-from . import default_device
+from . import TrainingRun
 from .finetune import options_dict, peak_memory_mb
 from .generate import chat_template, load_tokenizer
 from .outputs import check_out, data_path, identity, write_json
@@ -44,7 +44,7 @@ MERGE = {"full": lambda model: model, "lora": lambda model: merge_lora(copy.deep
 
 
 @dataclass
-class SFTConfig:
+class SFTConfig(TrainingRun):
     """`sft`'s options: a field per flag, at the flag's default; the LoRA flags make `method_options`."""
 
     model: str  # a GGUF file, a folder holding one, or an HF Llama folder
@@ -59,23 +59,11 @@ class SFTConfig:
     max_train_examples: int = 0  # 0: all
     max_eval_examples: int = 0
     epochs: int = 1
-    max_steps: int = 0
     lr: float = 2e-5
     batch_size: int = 8  # rows (packed or not) per micro-step, over all processes
-    grad_accum: int = 1
     warmup: float = 0.03
     schedule: str = "cosine"
     weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    eval_every: int = 0
-    seed: int = 0
-    device: str = field(default_factory=default_device)
-    precision: str = "fp32"
-    gradient_checkpointing: bool = False
-    fsdp: bool = False  # shard over the processes instead of replicating (train/fsdp.py)
-    fsdp_offload: bool = False  # with fsdp: the shards in CPU memory (train/fsdp.py)
-    resume: bool = False
-    resume_anyway: bool = False
 
 
 def save_model(model: CausalLM, folder, method: str) -> None:
