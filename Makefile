@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 STAMP_EXPERIMENTS := $(VENV)/.installed-experiments
-DATA_TEST := minilm sentiment stsb wikitext2 smollm2 reviews wnut16
+DATA_TEST := minilm sentiment stsb wikitext2 smollm2 reviews wnut16 faqbot
 
 .PHONY: test test-slow test-without-extras experiment bench data clean
 

