@@ -1,6 +1,5 @@
 """Run every experiment in turn (`make experiment`; `PROFILE=full make experiment` for the long profiles), timing each.
-The quick profiles take about 17 minutes in all on a quiet 2-core CPU machine (measured 2026-12-08: 15 min 48 s
-without ner_wnut.py and faq_retrieval.py, then 59 s and about 11 s for them alone; each script's docstring gives its share).
+The quick profiles take about 18 minutes in all on a quiet 2-core CPU machine (measured 2026-12-08: 17 min 47 s; each script's docstring gives its share).
 Each comparison writes its report to experiments/results/ (one entry per profile); sts_benchmark.py writes to
 runs/sts_benchmark/ unless run with --write-reference. Prints each experiment's wall time as it ends, then a table
 of them and the total, also written to runs/experiment_times_<PROFILE>.json. If one fails, the times so far are
